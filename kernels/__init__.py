@@ -1,0 +1,1 @@
+"""Triton kernels (``@triton.jit`` code and their launchers). Import through ``quietstar_fast.kernels``."""

@@ -1,0 +1,68 @@
+"""Tile configurations of the thought-attention kernels, chosen per head-dim block.
+
+One place lists every configuration the GPU path can launch, so the ahead-of-time compile test covers exactly those.
+Under Triton's CPU interpreter small tiles are used instead: they exercise the multi-tile paths on tiny shapes.
+These are first choices from the tile sizes FlashAttention-2 / the Triton tutorial use on Hopper; retune with the
+GPU benchmark when a GPU run is available.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+HEAD_DIM_BLOCKS = (16, 32, 64, 128, 256)
+MAX_HEAD_DIM = HEAD_DIM_BLOCKS[-1]
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    block_m: int  # query rows per tile
+    block_n: int  # prefix keys per tile (0 where the kernel has no key tiles)
+    num_warps: int
+    num_stages: int
+
+
+_INTERPRETER = TileConfig(block_m=32, block_n=16, num_warps=4, num_stages=1)
+
+# kernel name -> head-dim block -> config
+_GPU_CONFIGS: dict[str, dict[int, TileConfig]] = {
+    "fwd": {
+        16: TileConfig(128, 64, 4, 3),
+        32: TileConfig(128, 64, 4, 3),
+        64: TileConfig(128, 64, 4, 3),
+        128: TileConfig(128, 64, 8, 3),
+        256: TileConfig(64, 32, 8, 2),
+    },
+    "bwd_dq": {
+        16: TileConfig(64, 64, 4, 3),
+        32: TileConfig(64, 64, 4, 3),
+        64: TileConfig(64, 64, 4, 3),
+        128: TileConfig(64, 64, 8, 2),
+        256: TileConfig(32, 32, 8, 1),
+    },
+    "bwd_prefix_dkdv": {
+        16: TileConfig(32, 128, 4, 3),
+        32: TileConfig(32, 128, 4, 3),
+        64: TileConfig(32, 128, 4, 3),
+        128: TileConfig(32, 64, 8, 2),
+        256: TileConfig(32, 32, 8, 1),
+    },
+    "bwd_stream_dkdv": {d: TileConfig(64 if d <= 128 else 32, 0, 4, 1) for d in HEAD_DIM_BLOCKS},
+    "bwd_preprocess": {d: TileConfig(64 if d <= 128 else 32, 0, 4, 1) for d in HEAD_DIM_BLOCKS},
+}
+KERNEL_NAMES = tuple(_GPU_CONFIGS)
+
+
+def head_dim_block(head_dim: int) -> int:
+    for block in HEAD_DIM_BLOCKS:
+        if head_dim <= block:
+            return block
+    raise ValueError(f"head_dim {head_dim} exceeds the Triton kernels' maximum of {MAX_HEAD_DIM}")
+
+
+def tile_config(kernel: str, block_d: int, interpret: bool) -> TileConfig:
+    if interpret:
+        return _INTERPRETER
+    return _GPU_CONFIGS[kernel][block_d]

@@ -1,0 +1,147 @@
+"""Launchers of the thought-attention kernels: allocate outputs, pick tiles, size grids."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from .configs import head_dim_block, tile_config
+from .thought_attention_bwd import (
+    thought_attention_bwd_dq_kernel,
+    thought_attention_bwd_prefix_dkdv_kernel,
+    thought_attention_bwd_preprocess_kernel,
+    thought_attention_bwd_stream_dkdv_kernel,
+)
+from .thought_attention_fwd import thought_attention_fwd_kernel
+
+
+@dataclass(frozen=True)
+class ThoughtAttentionShape:
+    """Sizes of a call: q (B, Hq, m*n, d); k/v (B, Hkv, (a+1)*n, d); queries are steps first_query_step..a."""
+
+    batch: int
+    num_q_heads: int
+    num_kv_heads: int
+    prefix_len: int
+    num_stream_steps: int
+    num_query_steps: int
+    head_dim: int
+    sliding_window: int | None
+    softmax_scale: float
+    interpret: bool
+
+    @property
+    def first_query_step(self) -> int:
+        return self.num_stream_steps + 1 - self.num_query_steps
+
+    @property
+    def group_size(self) -> int:
+        return self.num_q_heads // self.num_kv_heads
+
+
+def _common_flags(shape: ThoughtAttentionShape, valid: torch.Tensor | None, dtype: torch.dtype):
+    block_d = head_dim_block(shape.head_dim)
+    flags = dict(
+        HAS_PADDING=valid is not None,
+        BLOCK_D=block_d,
+        UPCAST=shape.interpret and dtype == torch.bfloat16,
+    )
+    return block_d, flags
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs ask for fp32 results: no silent TF32 on the GPU.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _valid_args(valid: torch.Tensor | None, like: torch.Tensor):
+    if valid is None:
+        return like.new_zeros(1, dtype=torch.int8), 0
+    return valid, valid.stride(0)
+
+
+def _strides(x: torch.Tensor):
+    if x.stride(-1) != 1:
+        raise ValueError("kernel operands must be contiguous in the head dimension")
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def thought_attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, shape: ThoughtAttentionShape
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns o (like q, contiguous) and lse (B, Hq, m*n) fp32. ``valid``: (B, n) int8 or None (no padding)."""
+    n, m = shape.prefix_len, shape.num_query_steps
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(shape.batch, shape.num_q_heads, m * n, dtype=torch.float32, device=q.device)
+    block_d, flags = _common_flags(shape, valid, q.dtype)
+    cfg = tile_config("fwd", block_d, shape.interpret)
+    valid_t, stride_valid = _valid_args(valid, q)
+    grid = (triton.cdiv(n, cfg.block_m) * shape.batch * shape.num_q_heads, m)
+    thought_attention_fwd_kernel[grid](
+        q, k, v, o, lse, valid_t,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(o), stride_valid,
+        shape.num_q_heads, shape.group_size, n, m, shape.first_query_step, shape.head_dim,
+        shape.sliding_window or 0, shape.softmax_scale,
+        HAS_WINDOW=shape.sliding_window is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        DOT_PRECISION=_dot_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+    )
+    return o, lse
+
+
+def thought_attention_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    grad_o: torch.Tensor,
+    grad_lse: torch.Tensor | None,
+    valid: torch.Tensor | None,
+    shape: ThoughtAttentionShape,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv), contiguous, in the inputs' dtype. ``grad_lse`` may be None (LSE unused)."""
+    n, m, a = shape.prefix_len, shape.num_query_steps, shape.num_stream_steps
+    b, hq, hkv = shape.batch, shape.num_q_heads, shape.num_kv_heads
+    block_d, flags = _common_flags(shape, valid, q.dtype)
+    valid_t, stride_valid = _valid_args(valid, q)
+    window = shape.sliding_window or 0
+    precision = _dot_precision(q.dtype)
+
+    delta = torch.empty_like(lse)
+    cfg = tile_config("bwd_preprocess", block_d, shape.interpret)
+    thought_attention_bwd_preprocess_kernel[(triton.cdiv(m * n, cfg.block_m) * b * hq,)](
+        o, grad_o, grad_lse if grad_lse is not None else lse, delta,
+        *_strides(o), *_strides(grad_o), hq, m * n, shape.head_dim,
+        HAS_DLSE=grad_lse is not None, BLOCK_M=cfg.block_m, BLOCK_D=block_d,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    cfg = tile_config("bwd_dq", block_d, shape.interpret)
+    thought_attention_bwd_dq_kernel[(triton.cdiv(n, cfg.block_m) * b * hq, m)](
+        q, k, v, grad_o, lse, delta, dq, valid_t,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(grad_o), *_strides(dq), stride_valid,
+        hq, shape.group_size, n, m, shape.first_query_step, shape.head_dim, window, shape.softmax_scale,
+        HAS_WINDOW=shape.sliding_window is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        DOT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+    )
+
+    # dk and dv share one contiguous layout, so the kernels take one set of strides for both.
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(k.shape, dtype=v.dtype, device=v.device)
+    operands = (q, k, v, grad_o, lse, delta, dk, dv, valid_t)
+    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_o), *_strides(dk), stride_valid)
+    cfg = tile_config("bwd_prefix_dkdv", block_d, shape.interpret)
+    thought_attention_bwd_prefix_dkdv_kernel[(triton.cdiv(n, cfg.block_n) * b * hkv,)](
+        *operands, *strides, hkv, shape.group_size, n, m, shape.head_dim, window, shape.softmax_scale,
+        HAS_WINDOW=shape.sliding_window is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        DOT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+    )
+    if a > 0:
+        cfg = tile_config("bwd_stream_dkdv", block_d, shape.interpret)
+        thought_attention_bwd_stream_dkdv_kernel[(triton.cdiv(n, cfg.block_m) * b * hkv, a)](
+            *operands, *strides, hkv, shape.group_size, n, m, shape.first_query_step, shape.head_dim,
+            shape.softmax_scale, BLOCK_M=cfg.block_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+        )
+    return dq, dk, dv

@@ -1,0 +1,3 @@
+from .api import thought_attention
+
+__all__ = ["thought_attention"]

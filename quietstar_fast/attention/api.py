@@ -1,0 +1,62 @@
+"""Public thought-aware attention: one function, several backends."""
+from __future__ import annotations
+
+import torch
+
+from .._platform import triton_can_run_on, triton_installed
+from .checks import check_attention_call
+from .reference import reference_thought_attention
+from .torch_impl import torch_thought_attention
+
+IMPLS = ("auto", "triton", "torch", "reference")
+
+
+def thought_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    prefix_len: int,
+    key_padding_mask: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    softmax_scale: float | None = None,
+    return_lse: bool = False,
+    impl: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention under Quiet-STaR's parallel-thought mask (``quietstar_fast.mask``), without building it.
+
+    Args:
+        q: (B, Hq, m*n, d) queries of the last m thought steps ``a+1-m .. a`` (step 0 = the real tokens), step-major.
+        k, v: (B, Hkv, (a+1)*n, d) in the official KV-cache layout ``[prefix n | stream step 1 n | ... | step a n]``.
+        prefix_len: n, the number of real tokens.
+        key_padding_mask: (B, n) bool or 0/1 integers, True = real token (the HF ``attention_mask``).
+        sliding_window: W; prefix key j is visible to position i only if ``i - j < W``. None = no window.
+        softmax_scale: defaults to 1/sqrt(d).
+        return_lse: also return the log-sum-exp (B, Hq, m*n) in fp32 (fp64 for fp64 inputs); it is differentiable.
+        impl: "triton" (kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1), "torch" (chunked
+            PyTorch, memory-efficient), "reference" (dense mask, as the official code), or "auto" (triton for CUDA
+            tensors, torch otherwise).
+
+    Returns:
+        o (B, Hq, m*n, d) in q's dtype, and lse if ``return_lse``. A query with no visible key (every key up to it
+        padded) gets o = 0 and lse = -inf.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    call = check_attention_call(q, k, v, prefix_len, key_padding_mask, sliding_window, softmax_scale)
+    if impl == "auto":
+        impl = "triton" if q.device.type == "cuda" and triton_installed() else "torch"
+    if impl == "triton":
+        if not triton_can_run_on(q.device):
+            raise ValueError(
+                f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import for CPU tensors); "
+                f"q is on {q.device}. Use impl='torch' on CPU."
+            )
+        from .triton_impl import triton_thought_attention
+
+        out, lse = triton_thought_attention(q, k, v, call)
+    elif impl == "torch":
+        out, lse = torch_thought_attention(q, k, v, call)
+    else:
+        out, lse = reference_thought_attention(q, k, v, call.layout, call.softmax_scale)
+    return (out, lse) if return_lse else out
