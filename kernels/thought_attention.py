@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import inspect
+
 import torch
 import triton
+import triton.language as tl
 
-from .configs import head_dim_block, tile_config
+from .configs import TileConfig, head_dim_block, tile_config
 from .thought_attention_bwd import (
     thought_attention_bwd_dq_kernel,
     thought_attention_bwd_prefix_dkdv_kernel,
@@ -40,19 +43,48 @@ class ThoughtAttentionShape:
         return self.num_q_heads // self.num_kv_heads
 
 
-def _common_flags(shape: ThoughtAttentionShape, valid: torch.Tensor | None, dtype: torch.dtype):
-    block_d = head_dim_block(shape.head_dim)
-    flags = dict(
-        HAS_PADDING=valid is not None,
+KERNELS = {
+    "fwd": thought_attention_fwd_kernel,
+    "bwd_preprocess": thought_attention_bwd_preprocess_kernel,
+    "bwd_dq": thought_attention_bwd_dq_kernel,
+    "bwd_prefix_dkdv": thought_attention_bwd_prefix_dkdv_kernel,
+    "bwd_stream_dkdv": thought_attention_bwd_stream_dkdv_kernel,
+}
+
+
+def kernel_constants(
+    name: str,
+    dtype: torch.dtype,
+    head_dim: int,
+    *,
+    has_padding: bool,
+    has_window: bool,
+    has_dlse: bool = False,
+    interpret: bool = False,
+) -> tuple[dict, TileConfig]:
+    """The constexpr arguments and tile config of kernel ``name``: shared by the launchers and the AOT check."""
+    block_d = head_dim_block(head_dim)
+    cfg = tile_config(name, block_d, interpret)
+    values = dict(
+        HAS_PADDING=has_padding,
+        HAS_WINDOW=has_window,
+        HAS_DLSE=has_dlse,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
         BLOCK_D=block_d,
-        UPCAST=shape.interpret and dtype == torch.bfloat16,
+        # Triton's CPU interpreter computes bf16 arithmetic on raw bits: upcast after loading there.
+        UPCAST=interpret and dtype == torch.bfloat16,
+        # fp32 inputs ask for fp32 results: no silent TF32 on the GPU.
+        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
     )
-    return block_d, flags
+    accepted = constexpr_names(KERNELS[name])
+    return {key: value for key, value in values.items() if key in accepted}, cfg
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs ask for fp32 results: no silent TF32 on the GPU.
-    return "ieee" if dtype == torch.float32 else "tf32"
+def constexpr_names(kernel) -> set[str]:
+    """Names of a kernel's ``tl.constexpr`` parameters (works for compiled and interpreted kernels)."""
+    parameters = inspect.signature(kernel.fn).parameters.values()
+    return {p.name for p in parameters if p.annotation is tl.constexpr}
 
 
 def _valid_args(valid: torch.Tensor | None, like: torch.Tensor):
@@ -74,8 +106,10 @@ def thought_attention_forward(
     n, m = shape.prefix_len, shape.num_query_steps
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(shape.batch, shape.num_q_heads, m * n, dtype=torch.float32, device=q.device)
-    block_d, flags = _common_flags(shape, valid, q.dtype)
-    cfg = tile_config("fwd", block_d, shape.interpret)
+    consts, cfg = kernel_constants(
+        "fwd", q.dtype, shape.head_dim, has_padding=valid is not None, has_window=shape.sliding_window is not None,
+        interpret=shape.interpret,
+    )
     valid_t, stride_valid = _valid_args(valid, q)
     grid = (triton.cdiv(n, cfg.block_m) * shape.batch * shape.num_q_heads, m)
     thought_attention_fwd_kernel[grid](
@@ -83,8 +117,7 @@ def thought_attention_forward(
         *_strides(q), *_strides(k), *_strides(v), *_strides(o), stride_valid,
         shape.num_q_heads, shape.group_size, n, m, shape.first_query_step, shape.head_dim,
         shape.sliding_window or 0, shape.softmax_scale,
-        HAS_WINDOW=shape.sliding_window is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        DOT_PRECISION=_dot_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts,
     )
     return o, lse
 
@@ -103,28 +136,30 @@ def thought_attention_backward(
     """Gradients (dq, dk, dv), contiguous, in the inputs' dtype. ``grad_lse`` may be None (LSE unused)."""
     n, m, a = shape.prefix_len, shape.num_query_steps, shape.num_stream_steps
     b, hq, hkv = shape.batch, shape.num_q_heads, shape.num_kv_heads
-    block_d, flags = _common_flags(shape, valid, q.dtype)
     valid_t, stride_valid = _valid_args(valid, q)
     window = shape.sliding_window or 0
-    precision = _dot_precision(q.dtype)
+
+    def constants(name: str, has_dlse: bool = False):
+        return kernel_constants(
+            name, q.dtype, shape.head_dim, has_padding=valid is not None, has_window=shape.sliding_window is not None,
+            has_dlse=has_dlse, interpret=shape.interpret,
+        )
 
     delta = torch.empty_like(lse)
-    cfg = tile_config("bwd_preprocess", block_d, shape.interpret)
+    consts, cfg = constants("bwd_preprocess", has_dlse=grad_lse is not None)
     thought_attention_bwd_preprocess_kernel[(triton.cdiv(m * n, cfg.block_m) * b * hq,)](
         o, grad_o, grad_lse if grad_lse is not None else lse, delta,
         *_strides(o), *_strides(grad_o), hq, m * n, shape.head_dim,
-        HAS_DLSE=grad_lse is not None, BLOCK_M=cfg.block_m, BLOCK_D=block_d,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts,
     )
 
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    cfg = tile_config("bwd_dq", block_d, shape.interpret)
+    consts, cfg = constants("bwd_dq")
     thought_attention_bwd_dq_kernel[(triton.cdiv(n, cfg.block_m) * b * hq, m)](
         q, k, v, grad_o, lse, delta, dq, valid_t,
         *_strides(q), *_strides(k), *_strides(v), *_strides(grad_o), *_strides(dq), stride_valid,
         hq, shape.group_size, n, m, shape.first_query_step, shape.head_dim, window, shape.softmax_scale,
-        HAS_WINDOW=shape.sliding_window is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        DOT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts,
     )
 
     # dk and dv share one contiguous layout, so the kernels take one set of strides for both.
@@ -132,16 +167,15 @@ def thought_attention_backward(
     dv = torch.empty(k.shape, dtype=v.dtype, device=v.device)
     operands = (q, k, v, grad_o, lse, delta, dk, dv, valid_t)
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_o), *_strides(dk), stride_valid)
-    cfg = tile_config("bwd_prefix_dkdv", block_d, shape.interpret)
+    consts, cfg = constants("bwd_prefix_dkdv")
     thought_attention_bwd_prefix_dkdv_kernel[(triton.cdiv(n, cfg.block_n) * b * hkv,)](
         *operands, *strides, hkv, shape.group_size, n, m, shape.head_dim, window, shape.softmax_scale,
-        HAS_WINDOW=shape.sliding_window is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        DOT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts,
     )
     if a > 0:
-        cfg = tile_config("bwd_stream_dkdv", block_d, shape.interpret)
+        consts, cfg = constants("bwd_stream_dkdv")
         thought_attention_bwd_stream_dkdv_kernel[(triton.cdiv(n, cfg.block_m) * b * hkv, a)](
             *operands, *strides, hkv, shape.group_size, n, m, shape.first_query_step, shape.head_dim,
-            shape.softmax_scale, BLOCK_M=cfg.block_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+            shape.softmax_scale, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts,
         )
     return dq, dk, dv

@@ -1,0 +1,138 @@
+"""Shared benchmark plumbing: timing, peak memory, device description, CSV rows (Liger's schema) and plots.
+
+Timing: on CUDA ``triton.testing.do_bench`` (L2 flushed, CUDA events); on CPU wall-clock repeats. Both report the
+median and the 20th/80th percentiles in ms.
+Peak memory: on CUDA ``max_memory_allocated``; on CPU the process's peak resident set (VmHWM, reset through
+/proc/self/clear_refs) with glibc told to mmap every block >= 64 KiB, so freed memory leaves the resident set at
+once. Both count what the measured call allocates beyond the memory live before it.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+CSV_COLUMNS = [
+    "kernel_name", "kernel_provider", "kernel_operation_mode", "metric_name", "metric_unit", "x_name", "x_label",
+    "x_value", "y_value_50", "y_value_20", "y_value_80", "extra_benchmark_config_str", "gpu_name", "timestamp",
+    "library_version",
+]
+_MMAP_THRESHOLD = "65536"
+
+
+def ensure_exact_cpu_memory_accounting() -> None:
+    """Re-exec once with a fixed glibc mmap threshold so that the resident set follows live allocations."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != _MMAP_THRESHOLD:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = _MMAP_THRESHOLD
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def versions() -> str:
+    import triton
+
+    import quietstar_fast
+
+    cuda = torch.version.cuda or "none"
+    return f"quietstar_fast {quietstar_fast.__version__}; torch {torch.__version__}; triton {triton.__version__}; cuda {cuda}"
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float, float]:
+    """(median, p20, p80) milliseconds of ``fn()``."""
+    if device.type == "cuda":
+        import triton.testing
+
+        p50, p20, p80 = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+        return p50, p20, p80
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    quantiles = statistics.quantiles(samples, n=10, method="inclusive") if len(samples) > 1 else samples * 9
+    return statistics.median(samples), quantiles[1], quantiles[7]
+
+
+def _proc_status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(re.search(field + r":\s+(\d+) kB", status.read()).group(1)) * 1024
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak MB allocated by ``fn()`` beyond what was live before it (its result is dropped inside)."""
+    fn()  # warm-up: lazy initialisation must not count
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    before = _proc_status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current resident set
+    fn()
+    return max(0, _proc_status_bytes("VmHWM") - before) / 2**20
+
+
+def csv_row(kernel: str, provider: str, mode: str, metric: str, unit: str, x_name: str, x_value, values,
+            config: str, device_name: str, library_version: str) -> dict:
+    p50, p20, p80 = values
+    return dict(
+        kernel_name=kernel, kernel_provider=provider, kernel_operation_mode=mode, metric_name=metric,
+        metric_unit=unit, x_name=x_name, x_label=x_name, x_value=x_value, y_value_50=f"{p50:.6g}",
+        y_value_20=f"{p20:.6g}", y_value_80=f"{p80:.6g}", extra_benchmark_config_str=config, gpu_name=device_name,
+        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        library_version=library_version,
+    )
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> bool:
+    """One panel per (metric, mode): y against x per provider. Returns False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = sorted({(r["metric_name"], r["kernel_operation_mode"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (metric, mode) in zip(axes[0], panels):
+        selected = [r for r in rows if r["metric_name"] == metric and r["kernel_operation_mode"] == mode]
+        for provider in sorted({r["kernel_provider"] for r in selected}):
+            points = sorted((float(r["x_value"]), float(r["y_value_50"])) for r in selected
+                            if r["kernel_provider"] == provider)
+            ax.plot(*zip(*points), marker="o", label=provider)
+        unit = selected[0]["metric_unit"]
+        ax.set(title=f"{metric} ({mode})", xlabel=selected[0]["x_name"], ylabel=unit, xscale="log", yscale="log")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

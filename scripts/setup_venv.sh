@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv (CPU torch + pinned triton) and install quietstar_fast into it, editable. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-cpu.txt
+# --no-build-isolation: build against the torch installed above instead of fetching another one.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .

@@ -1,0 +1,22 @@
+"""Test setup: Triton runs in its CPU interpreter when there is no GPU.
+
+TRITON_INTERPRET must be set before any kernel module is imported (the @triton.jit decorators read it).
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

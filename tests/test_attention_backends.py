@@ -1,0 +1,107 @@
+"""thought_attention backends ("torch", "triton") against the dense-mask reference, forward and every gradient.
+
+On CPU, Triton runs in its interpreter (see conftest.py); on a GPU the same tests run the compiled kernels.
+"""
+import pytest
+import torch
+
+from attention_cases import Case, make_problem, run
+from tolerance import assert_fa_rule
+
+# Odd and block-straddling n, right/left/holed padding, GQA 4/2 and 4/1, a in {0, 1, 3, 6}, m in {1, 2, a+1},
+# windows, head dims 64 and 128 (and a small and a non-power-of-two one).
+CASES = [
+    Case(2, 4, 2, 17, 3, 1, 64, "right"),
+    Case(2, 4, 1, 17, 3, 2, 64, "right"),
+    Case(1, 4, 2, 100, 6, 1, 64, "right"),
+    Case(2, 4, 4, 33, 0, 1, 128),
+    Case(1, 4, 1, 33, 1, 2, 128, "right", window=8),
+    Case(2, 4, 2, 48, 3, 4, 64, "left"),
+    Case(1, 2, 2, 100, 6, 7, 64, "holes", window=13),
+    Case(1, 4, 2, 17, 6, 2, 128, "right", window=5),
+    Case(2, 2, 1, 40, 1, 1, 32, "holes"),
+    Case(1, 3, 3, 23, 3, 4, 80, "right"),
+]
+DTYPES = [torch.float32, torch.float16]
+NAMES = ("o", "lse", "dq", "dk", "dv")
+
+
+def _check_against_reference(case: Case, dtype: torch.dtype, impl: str, device: str):
+    problem = make_problem(case, dtype, device)
+    result = run(problem, impl)
+    baseline = run(problem, "reference")
+    oracle = run(problem.cast(torch.float64), "reference")
+    for name in NAMES:
+        # lse is fp32 in every backend: its baseline is the fp32 statistic of the reference.
+        assert_fa_rule(f"{impl} {case} {dtype} {name}", result[name], baseline[name], oracle[name],
+                       torch.float32 if name == "lse" else dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_triton_matches_reference(case, dtype, device):
+    _check_against_reference(case, dtype, "triton", device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_torch_matches_reference(case, dtype, device):
+    _check_against_reference(case, dtype, "torch", device)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_bfloat16(impl, device):
+    # On CPU the kernels upcast bf16 right after loading (the interpreter mishandles bf16 arithmetic).
+    _check_against_reference(Case(2, 4, 2, 37, 3, 2, 64, "right", window=16), torch.bfloat16, impl, device)
+
+
+@pytest.mark.parametrize("case", CASES[:4] + CASES[5:7], ids=str)
+def test_torch_float64_is_exact(case, device):
+    problem = make_problem(case, torch.float64, device)
+    result, oracle = run(problem, "torch"), run(problem, "reference")
+    for name in NAMES:
+        torch.testing.assert_close(result[name], oracle[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_torch_gradcheck_float64(device):
+    case = Case(2, 4, 2, 7, 2, 2, 8, "left", window=4)
+    problem = make_problem(case, torch.float64, device)
+    from quietstar_fast import thought_attention
+
+    def fn(q, k, v):
+        out, lse = thought_attention(q, k, v, prefix_len=case.n, key_padding_mask=problem.mask,
+                                     sliding_window=case.window, return_lse=True, impl="torch")
+        return out, lse.masked_fill(torch.isinf(lse), 0.0)
+
+    inputs = tuple(t.detach().clone().requires_grad_(True) for t in (problem.q, problem.k, problem.v))
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton", "reference"])
+def test_noncontiguous_inputs(impl, device):
+    """HF hands attention (B, H, T, d) views of (B, T, H, d) tensors; a transposed head dim must work too."""
+    case = Case(2, 4, 2, 19, 2, 1, 64, "right")
+    problem = make_problem(case, torch.float32, device)
+    q = problem.q.transpose(1, 2).contiguous().transpose(1, 2)
+    k = problem.k.transpose(2, 3).contiguous().transpose(2, 3)
+    v = problem.v.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not (q.is_contiguous() or k.is_contiguous() or v.is_contiguous())
+    from quietstar_fast import thought_attention
+
+    args = dict(prefix_len=case.n, key_padding_mask=problem.mask, return_lse=True)
+    out, lse = thought_attention(q, k, v, impl=impl, **args)
+    ref_out, ref_lse = thought_attention(problem.q, problem.k, problem.v, impl="reference", **args)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+
+
+def test_integer_key_padding_mask(device):
+    """HF's attention_mask is int64 0/1; it must mean the same as the bool mask."""
+    case = Case(1, 2, 1, 16, 2, 1, 32, "holes")
+    problem = make_problem(case, torch.float32, device)
+    from quietstar_fast import thought_attention
+
+    args = dict(prefix_len=case.n, impl="torch")
+    out_bool = thought_attention(problem.q, problem.k, problem.v, key_padding_mask=problem.mask, **args)
+    out_int = thought_attention(problem.q, problem.k, problem.v, key_padding_mask=problem.mask.long(), **args)
+    assert torch.equal(out_bool, out_int)
