@@ -1,7 +1,8 @@
 """Ahead-of-time compilation of every launchable kernel configuration for a GPU target, without a GPU.
 
 The CPU interpreter accepts code the GPU compiler rejects (e.g. ``tl.dot`` with K < 16); compiling each
-(kernel, dtype, head-dim block, specialisation) for sm_90 catches that on CPU-only CI. Run in a process where
+(kernel, dtype, head-dim block, specialisation) for sm_90 catches that on CPU-only CI, and so does checking that
+each variant's shared memory fits the H100's per-block limit (otherwise only the launch would fail). Run in a process where
 TRITON_INTERPRET is unset: ``python -m quietstar_fast.kernels.aot --arch 90``.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .configs import HEAD_DIM_BLOCKS, KERNEL_DTYPES
+from .configs import HEAD_DIM_BLOCKS, KERNEL_DTYPES, SM90_MAX_SHARED_BYTES
 from .thought_attention import KERNELS, constexpr_names, kernel_constants
 
 _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             compiled = compile_config(name, dtype, consts, cfg, args.arch)
             if not compiled.asm.get("cubin"):
                 raise RuntimeError("no cubin produced")
+            if compiled.metadata.shared > SM90_MAX_SHARED_BYTES:
+                raise RuntimeError(f"needs {compiled.metadata.shared} B of shared memory (> {SM90_MAX_SHARED_BYTES})")
             count += 1
         except Exception as err:  # report every failing variant, not just the first
             failures.append(f"{label}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")

@@ -13,6 +13,8 @@ import torch
 
 HEAD_DIM_BLOCKS = (16, 32, 64, 128, 256)
 MAX_HEAD_DIM = HEAD_DIM_BLOCKS[-1]
+# Largest dynamic shared memory per block on sm_90 (H100/H200), in bytes; launches above it fail.
+SM90_MAX_SHARED_BYTES = 232448
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -29,9 +31,9 @@ _INTERPRETER = TileConfig(block_m=32, block_n=16, num_warps=4, num_stages=1)
 # kernel name -> head-dim block -> config
 _GPU_CONFIGS: dict[str, dict[int, TileConfig]] = {
     "fwd": {
-        16: TileConfig(128, 64, 4, 3),
-        32: TileConfig(128, 64, 4, 3),
-        64: TileConfig(128, 64, 4, 3),
+        16: TileConfig(64, 64, 4, 3),
+        32: TileConfig(64, 64, 4, 3),
+        64: TileConfig(64, 64, 4, 3),
         128: TileConfig(128, 64, 8, 3),
         256: TileConfig(64, 32, 8, 2),
     },
@@ -62,7 +64,11 @@ def head_dim_block(head_dim: int) -> int:
     raise ValueError(f"head_dim {head_dim} exceeds the Triton kernels' maximum of {MAX_HEAD_DIM}")
 
 
-def tile_config(kernel: str, block_d: int, interpret: bool) -> TileConfig:
+def tile_config(kernel: str, block_d: int, dtype: torch.dtype, interpret: bool) -> TileConfig:
     if interpret:
         return _INTERPRETER
-    return _GPU_CONFIGS[kernel][block_d]
+    config = _GPU_CONFIGS[kernel][block_d]
+    if dtype == torch.float32 and config.num_stages > 1:
+        # fp32 tiles take twice the shared memory per pipeline stage; one stage less keeps sm_90's 227 KB limit.
+        config = TileConfig(config.block_m, config.block_n, config.num_warps, config.num_stages - 1)
+    return config

@@ -64,7 +64,7 @@ def kernel_constants(
 ) -> tuple[dict, TileConfig]:
     """The constexpr arguments and tile config of kernel ``name``: shared by the launchers and the AOT check."""
     block_d = head_dim_block(head_dim)
-    cfg = tile_config(name, block_d, interpret)
+    cfg = tile_config(name, block_d, dtype, interpret)
     values = dict(
         HAS_PADDING=has_padding,
         HAS_WINDOW=has_window,

@@ -1,8 +1,6 @@
 """Backward kernels of thought-aware attention, recomputing probabilities from the forward's LSE.
 
 * ``preprocess``: delta = rowsum(dO * O) - dLSE (the dLSE term makes the LSE output differentiable).
-Grids put (block, batch*head) on axis 0 and the step on axis 1, as in the forward.
-
 * ``dq``: one program per (position block, batch*query head, query step); prefix tiles as in the forward, then the
   own stream keys as row-wise dot products.
 * ``prefix_dkdv``: one program per (prefix key block, batch*kv head); it loops over the heads of its GQA group,
@@ -15,10 +13,12 @@ import triton.language as tl
 
 from .thought_attention_common import (
     LOG2E,
+    block_program,
     head_offset,
     load_row_stats,
     load_rows,
     load_valid,
+    prefix_key_range,
     prefix_visible,
     store_rows,
 )
@@ -32,12 +32,8 @@ def thought_attention_bwd_preprocess_kernel(
     num_q_heads, num_rows, head_dim,
     HAS_DLSE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    num_blocks = tl.cdiv(num_rows, BLOCK_M)
-    pid_m = tl.program_id(0) % num_blocks
-    pid_bh = tl.program_id(0) // num_blocks
-    batch = pid_bh // num_q_heads
-    head = pid_bh % num_q_heads
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    block_start, batch, head, _ = block_program(num_rows, num_q_heads, BLOCK_M, False)
+    rows = block_start + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_in = rows < num_rows
     d_in = offs_d < head_dim
@@ -45,7 +41,7 @@ def thought_attention_bwd_preprocess_kernel(
     do = load_rows(DO + head_offset(batch, head, stride_dob, stride_doh), rows, stride_dot, offs_d, row_in, d_in,
                    True)
     delta = tl.sum(o * do, 1)
-    stat_rows = pid_bh.to(tl.int64) * num_rows + rows
+    stat_rows = (batch * num_q_heads + head).to(tl.int64) * num_rows + rows
     if HAS_DLSE:
         delta -= tl.load(DLSE + stat_rows, mask=row_in, other=0.0)
     tl.store(DELTA + stat_rows, delta, mask=row_in)
@@ -84,16 +80,9 @@ def thought_attention_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    num_blocks = tl.cdiv(prefix_len, BLOCK_M)
-    pid_m = tl.program_id(0) % num_blocks
-    pid_bh = tl.program_id(0) // num_blocks
-    pid_t = tl.program_id(1)
+    block_start, batch, head, pid_t = block_program(prefix_len, num_q_heads, BLOCK_M, True)
     step = first_query_step + pid_t
-    batch = pid_bh // num_q_heads
-    head = pid_bh % num_q_heads
     kv_head = head // group_size
-
-    block_start = pid_m * BLOCK_M
     offs_m = block_start + tl.arange(0, BLOCK_M)
     offs_n_base = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -108,19 +97,15 @@ def thought_attention_bwd_dq_kernel(
     q = load_rows(Q + head_offset(batch, head, stride_qb, stride_qh), q_rows, stride_qt, offs_d, row_in, d_in, UPCAST)
     do = load_rows(DO + head_offset(batch, head, stride_dob, stride_doh), q_rows, stride_dot, offs_d, row_in, d_in,
                    UPCAST)
-    stat_offset = pid_bh.to(tl.int64) * num_query_steps * prefix_len
+    stat_offset = (batch * num_q_heads + head).to(tl.int64) * num_query_steps * prefix_len
     lse2, delta = load_row_stats(LSE + stat_offset, DELTA + stat_offset, q_rows, row_in)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    lo = 0
-    if HAS_WINDOW:
-        lo = tl.maximum(block_start - window + 1, 0) // BLOCK_N * BLOCK_N
-    diagonal_start = block_start // BLOCK_N * BLOCK_N
+    lo, diagonal_start, hi = prefix_key_range(block_start, prefix_len, window, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(lo, diagonal_start, BLOCK_N):
         dq = _dq_prefix_tile(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, valid_ptr,
                              offs_m, start_n, offs_n_base, offs_d, d_in, prefix_len, window, qk_scale,
                              False, HAS_PADDING, HAS_WINDOW, UPCAST, DOT_PRECISION)
-    hi = tl.minimum(block_start + BLOCK_M, prefix_len)
     for start_n in range(diagonal_start, hi, BLOCK_N):
         dq = _dq_prefix_tile(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, valid_ptr,
                              offs_m, start_n, offs_n_base, offs_d, d_in, prefix_len, window, qk_scale,
@@ -178,14 +163,8 @@ def thought_attention_bwd_prefix_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    num_blocks = tl.cdiv(prefix_len, BLOCK_N)
-    pid_n = tl.program_id(0) % num_blocks
-    pid_bh = tl.program_id(0) // num_blocks
-    batch = pid_bh // num_kv_heads
-    kv_head = pid_bh % num_kv_heads
+    start_n, batch, kv_head, _ = block_program(prefix_len, num_kv_heads, BLOCK_N, False)
     num_q_heads = num_kv_heads * group_size
-
-    start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m_base = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -245,15 +224,10 @@ def thought_attention_bwd_stream_dkdv_kernel(
     num_kv_heads, group_size, prefix_len, num_query_steps, first_query_step, head_dim, sm_scale,
     HAS_PADDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    num_blocks = tl.cdiv(prefix_len, BLOCK_M)
-    pid_m = tl.program_id(0) % num_blocks
-    pid_bh = tl.program_id(0) // num_blocks
-    stream_step = tl.program_id(1) + 1
-    batch = pid_bh // num_kv_heads
-    kv_head = pid_bh % num_kv_heads
+    block_start, batch, kv_head, stream_index = block_program(prefix_len, num_kv_heads, BLOCK_M, False)
+    stream_step = stream_index + 1
     num_q_heads = num_kv_heads * group_size
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = block_start + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_in = offs_m < prefix_len
     d_in = offs_d < head_dim

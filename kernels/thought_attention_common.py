@@ -11,6 +11,33 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
+def block_program(length, num_heads, BLOCK: tl.constexpr, LATE_BLOCKS_FIRST: tl.constexpr):
+    """Decode a (blocks * batch * heads, steps) grid -> (first row of the block, batch, head, step index).
+
+    Blocks vary fastest so that neighbouring programs share K/V in L2, and batch*heads never meets the 65535 limit
+    of the grid's y/z axes. LATE_BLOCKS_FIRST launches the last blocks first: in causal query kernels they see the
+    most keys, and starting the longest programs first shortens the tail.
+    """
+    num_blocks = tl.cdiv(length, BLOCK)
+    pid_bh = tl.program_id(0) // num_blocks
+    block_index = tl.program_id(0) % num_blocks
+    if LATE_BLOCKS_FIRST:
+        block_index = num_blocks - 1 - block_index
+    return block_index * BLOCK, pid_bh // num_heads, pid_bh % num_heads, tl.program_id(1)
+
+
+@triton.jit
+def prefix_key_range(block_start, prefix_len, window, HAS_WINDOW: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Prefix key tiles a query block can see: [lo, diagonal_start) lie below the diagonal for every row of the
+    block (no causal test needed), [diagonal_start, hi) cross it."""
+    lo = 0
+    if HAS_WINDOW:
+        lo = tl.maximum(block_start - window + 1, 0) // BLOCK_N * BLOCK_N
+    return lo, block_start // BLOCK_N * BLOCK_N, tl.minimum(block_start + BLOCK_M, prefix_len)
+
+
+@triton.jit
 def prefix_visible(offs_i, offs_j, valid_j, prefix_len, window,
                    CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """Bool tile from broadcastable position indices; CAUSAL=False skips the j <= i / j < n tests on tiles known

@@ -10,7 +10,17 @@ Statistics are fp32, in the log2 domain; the stored LSE is natural-log, -inf for
 import triton
 import triton.language as tl
 
-from .thought_attention_common import LN2, LOG2E, head_offset, load_rows, load_valid, prefix_visible, store_rows
+from .thought_attention_common import (
+    LN2,
+    LOG2E,
+    block_program,
+    head_offset,
+    load_rows,
+    load_valid,
+    prefix_key_range,
+    prefix_visible,
+    store_rows,
+)
 
 
 @triton.jit
@@ -54,18 +64,9 @@ def thought_attention_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # Grid (position blocks * batch * heads, query steps): blocks vary fastest so that neighbours share K/V in L2,
-    # and batch*heads never meets the 65535 limit of the grid's y/z axes.
-    num_blocks = tl.cdiv(prefix_len, BLOCK_M)
-    pid_m = tl.program_id(0) % num_blocks
-    pid_bh = tl.program_id(0) // num_blocks
-    pid_t = tl.program_id(1)
+    block_start, batch, head, pid_t = block_program(prefix_len, num_q_heads, BLOCK_M, True)
     step = first_query_step + pid_t
-    batch = pid_bh // num_q_heads
-    head = pid_bh % num_q_heads
     kv_head = head // group_size
-
-    block_start = pid_m * BLOCK_M
     offs_m = block_start + tl.arange(0, BLOCK_M)
     offs_n_base = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -84,38 +85,35 @@ def thought_attention_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # 1. Prefix keys. Tiles ending at or before block_start lie below the diagonal for every row of the block.
-    lo = 0
-    if HAS_WINDOW:
-        lo = tl.maximum(block_start - window + 1, 0) // BLOCK_N * BLOCK_N
-    diagonal_start = block_start // BLOCK_N * BLOCK_N
+    # 1. Own stream keys (s, i), s = 1..step: one dot product per row and step.
+    row_valid = load_valid(valid_ptr, offs_m, row_in, HAS_PADDING)
+    for s in range(1, step + 1):
+        stream_rows = s * prefix_len + offs_m
+        # Products in fp32 without holding fp32 copies of q/k/v tiles: keeps register pressure near the prefix loop's.
+        ks = load_rows(k_base, stream_rows, stride_kt, offs_d, row_in, d_in, UPCAST)
+        scores = tl.sum(q.to(tl.float32) * ks.to(tl.float32), 1) * qk_scale
+        scores = tl.where(row_valid, scores, float("-inf"))[:, None]
+        m_i_new, alpha, p = _online_softmax_update(m_i, scores)
+        vs = load_rows(v_base, stream_rows, stride_vt, offs_d, row_in, d_in, UPCAST)
+        acc = acc * alpha[:, None] + p * vs.to(tl.float32)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_i_new
+
+    # 2. Prefix keys: tiles below the diagonal without the causal test, then the diagonal tiles with it.
+    lo, diagonal_start, hi = prefix_key_range(block_start, prefix_len, window, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(lo, diagonal_start, BLOCK_N):
         acc, l_i, m_i = _prefix_tile(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, valid_ptr,
                                      offs_m, start_n, offs_n_base, offs_d, d_in, prefix_len, window, qk_scale,
                                      False, HAS_PADDING, HAS_WINDOW, UPCAST, DOT_PRECISION)
-    hi = tl.minimum(block_start + BLOCK_M, prefix_len)
     for start_n in range(diagonal_start, hi, BLOCK_N):
         acc, l_i, m_i = _prefix_tile(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, valid_ptr,
                                      offs_m, start_n, offs_n_base, offs_d, d_in, prefix_len, window, qk_scale,
                                      True, HAS_PADDING, HAS_WINDOW, UPCAST, DOT_PRECISION)
-
-    # 2. Own stream keys (s, i), s = 1..step: one dot product per row and step.
-    row_valid = load_valid(valid_ptr, offs_m, row_in, HAS_PADDING)
-    q_f32 = q.to(tl.float32)
-    for s in range(1, step + 1):
-        stream_rows = s * prefix_len + offs_m
-        ks = load_rows(k_base, stream_rows, stride_kt, offs_d, row_in, d_in, UPCAST).to(tl.float32)
-        scores = tl.where(row_valid, tl.sum(q_f32 * ks, 1) * qk_scale, float("-inf"))[:, None]
-        m_i_new, alpha, p = _online_softmax_update(m_i, scores)
-        vs = load_rows(v_base, stream_rows, stride_vt, offs_d, row_in, d_in, UPCAST).to(tl.float32)
-        acc = acc * alpha[:, None] + p * vs
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_i_new
 
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     o_base = O + head_offset(batch, head, stride_ob, stride_oh)
     store_rows(o_base, q_rows, stride_ot, offs_d, row_in, d_in, out)
     lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * LN2, float("-inf"))
-    lse_ptrs = LSE + pid_bh.to(tl.int64) * num_query_steps * prefix_len + q_rows
+    lse_ptrs = LSE + (batch * num_q_heads + head).to(tl.int64) * num_query_steps * prefix_len + q_rows
     tl.store(lse_ptrs, lse, mask=row_in)
