@@ -5,7 +5,7 @@ On CPU, Triton runs in its interpreter (see conftest.py); on a GPU the same test
 import pytest
 import torch
 
-from attention_cases import Case, make_problem, run
+from attention_cases import Case, Problem, make_problem, run
 from tolerance import assert_fa_rule
 
 # Odd and block-straddling n, right/left/holed padding, GQA 4/2 and 4/1, a in {0, 1, 3, 6}, m in {1, 2, a+1},
@@ -105,3 +105,14 @@ def test_integer_key_padding_mask(device):
     out_bool = thought_attention(problem.q, problem.k, problem.v, key_padding_mask=problem.mask, **args)
     out_int = thought_attention(problem.q, problem.k, problem.v, key_padding_mask=problem.mask.long(), **args)
     assert torch.equal(out_bool, out_int)
+
+
+def test_tolerance_rule_rejects_a_wrong_mask(device):
+    """Negative control: the rule is tight enough to catch one missing window (a mask bug of a few keys)."""
+    case = Case(1, 2, 1, 24, 2, 1, 32, "right", window=20)
+    problem = make_problem(case, torch.float16, device)
+    wrong = run(Problem(**{**problem.__dict__, "case": Case(1, 2, 1, 24, 2, 1, 32, "right")}), "torch")
+    baseline = run(problem, "reference")
+    oracle = run(problem.cast(torch.float64), "reference")
+    with pytest.raises(AssertionError, match="max error"):
+        assert_fa_rule("wrong window", wrong["o"], baseline["o"], oracle["o"], torch.float16)
