@@ -5,6 +5,6 @@
 from setuptools import setup
 
 setup(
-    packages=["quietstar_fast", "quietstar_fast.attention", "quietstar_fast.kernels"],
+    packages=["quietstar_fast", "quietstar_fast.attention", "quietstar_fast.loss", "quietstar_fast.kernels"],
     package_dir={"quietstar_fast.kernels": "kernels"},
 )

@@ -1,9 +1,9 @@
 """Ahead-of-time compilation of every launchable kernel configuration for a GPU target, without a GPU.
 
 The CPU interpreter accepts code the GPU compiler rejects (e.g. ``tl.dot`` with K < 16); compiling each
-(kernel, dtype, head-dim block, specialisation) for sm_90 catches that on CPU-only CI, and so does checking that
-each variant's shared memory fits the H100's per-block limit (otherwise only the launch would fail). Run in a process where
-TRITON_INTERPRET is unset: ``python -m quietstar_fast.kernels.aot --arch 90``.
+(kernel, dtype, tile config, specialisation) for sm_90 catches that on CPU-only CI, and so does checking that
+each variant's shared memory fits the H100's per-block limit (otherwise only the launch would fail).
+Run in a process where TRITON_INTERPRET is unset: ``python -m quietstar_fast.kernels.aot --arch 90``.
 """
 from __future__ import annotations
 
@@ -17,14 +17,18 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .configs import HEAD_DIM_BLOCKS, KERNEL_DTYPES, SM90_MAX_SHARED_BYTES
-from .thought_attention import KERNELS, constexpr_names, kernel_constants
+from . import linear_softmax, thought_attention
+from .configs import SM90_MAX_SHARED_BYTES
+from .jit_utils import constexpr_names
 
 _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-# Pointer arguments by name: data tensors take the input dtype; statistics are fp32; padding flags int8.
-_STAT_POINTERS = {"LSE", "DELTA", "DLSE"}
-_FLAG_POINTERS = {"VALID"}
-_FLOAT_SCALARS = {"sm_scale"}
+# Pointer arguments with a fixed element type; every other upper-case pointer takes the data dtype.
+_POINTER_TYPES = {
+    "LSE": "*fp32", "DELTA": "*fp32", "DLSE": "*fp32", "COEF": "*fp32", "NOISE": "*fp32",
+    "PART_MAX": "*fp32", "PART_SUM": "*fp32", "PART_PICK": "*fp32", "PART_BEST": "*fp32", "PART_INDEX": "*i32",
+    "VALID": "*i8", "BANNED": "*i8", "TARGETS": "*i64",
+}
+_FLOAT_SCALARS = {"sm_scale", "inv_t", "sample_scale"}
 
 
 def _signature(kernel, dtype: torch.dtype) -> dict[str, str]:
@@ -33,10 +37,8 @@ def _signature(kernel, dtype: torch.dtype) -> dict[str, str]:
     for name in kernel.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
-        elif name in _STAT_POINTERS:
-            signature[name] = "*fp32"
-        elif name in _FLAG_POINTERS:
-            signature[name] = "*i8"
+        elif name in _POINTER_TYPES:
+            signature[name] = _POINTER_TYPES[name]
         elif name.isupper():
             signature[name] = "*" + _TRITON_DTYPE[dtype]
         elif name in _FLOAT_SCALARS:
@@ -47,21 +49,11 @@ def _signature(kernel, dtype: torch.dtype) -> dict[str, str]:
 
 
 def launchable_configs():
-    """Yield (kernel name, dtype, head-dim block, constexpr dict, tile config), each distinct variant once."""
-    for name, dtype, block_d in itertools.product(KERNELS, KERNEL_DTYPES, HEAD_DIM_BLOCKS):
-        seen = set()
-        for has_padding, has_window, has_dlse in itertools.product((False, True), repeat=3):
-            consts, cfg = kernel_constants(
-                name, dtype, block_d, has_padding=has_padding, has_window=has_window, has_dlse=has_dlse
-            )
-            key = tuple(sorted(consts.items()))
-            if key not in seen:
-                seen.add(key)
-                yield name, dtype, block_d, consts, cfg
+    """Every (kernel name, kernel, dtype, constexprs, config) the GPU path can launch."""
+    return itertools.chain(thought_attention.launchable_variants(), linear_softmax.launchable_variants())
 
 
-def compile_config(name: str, dtype: torch.dtype, consts: dict, cfg, arch: int):
-    kernel = KERNELS[name]
+def compile_config(kernel, dtype: torch.dtype, consts: dict, cfg, arch: int):
     source = ASTSource(fn=kernel, signature=_signature(kernel, dtype), constexprs=consts)
     options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
@@ -70,17 +62,17 @@ def compile_config(name: str, dtype: torch.dtype, consts: dict, cfg, arch: int):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 for H100")
-    parser.add_argument("--kernel", choices=sorted(KERNELS), help="only this kernel")
+    parser.add_argument("--kernel", help="only kernels with this name")
     parser.add_argument("--shard", default="0/1", help="I/N: compile every N-th variant starting at I")
     args = parser.parse_args(argv)
     shard_index, shard_count = (int(part) for part in args.shard.split("/"))
     failures, count, start = [], 0, time.time()
-    for position, (name, dtype, block_d, consts, cfg) in enumerate(launchable_configs()):
+    for position, (name, kernel, dtype, consts, cfg) in enumerate(launchable_configs()):
         if (args.kernel and name != args.kernel) or position % shard_count != shard_index:
             continue
-        label = f"{name} {_TRITON_DTYPE[dtype]} BLOCK_D={block_d} {consts}"
+        label = f"{name} {_TRITON_DTYPE[dtype]} {consts} {cfg}"
         try:
-            compiled = compile_config(name, dtype, consts, cfg, args.arch)
+            compiled = compile_config(kernel, dtype, consts, cfg, args.arch)
             if not compiled.asm.get("cubin"):
                 raise RuntimeError("no cubin produced")
             if compiled.metadata.shared > SM90_MAX_SHARED_BYTES:

@@ -1,4 +1,4 @@
-"""Tile configurations of the thought-attention kernels, chosen per head-dim block.
+"""Tile configurations of the Triton kernels: attention per head-dim block, LM-head losses per dtype.
 
 One place lists every configuration the GPU path can launch, so the ahead-of-time compile test covers exactly those.
 Under Triton's CPU interpreter small tiles are used instead: they exercise the multi-tile paths on tiny shapes.
@@ -72,4 +72,33 @@ def tile_config(kernel: str, block_d: int, dtype: torch.dtype, interpret: bool) 
         # fp32 dots run in exact fp32 on CUDA cores (no tensor cores), and fp32 tiles take twice the registers and
         # shared memory: small tiles avoid massive register spills and stay within sm_90's 227 KB.
         config = TileConfig(min(config.block_m, 32), min(config.block_n, 32), config.num_warps, 1)
+    return config
+
+
+@dataclass(frozen=True)
+class LinearSoftmaxConfig:
+    block_m: int  # rows per program
+    block_v: int  # vocabulary ids per tile
+    block_k: int  # hidden units per dot
+    num_warps: int
+    num_stages: int
+
+
+_LINEAR_SOFTMAX_INTERPRETER = {
+    "lm_fwd": LinearSoftmaxConfig(block_m=16, block_v=256, block_k=32, num_warps=4, num_stages=1),
+    "lm_grad": LinearSoftmaxConfig(block_m=16, block_v=256, block_k=32, num_warps=4, num_stages=1),
+}
+_LINEAR_SOFTMAX_GPU = {
+    "lm_fwd": LinearSoftmaxConfig(block_m=128, block_v=128, block_k=64, num_warps=8, num_stages=3),
+    "lm_grad": LinearSoftmaxConfig(block_m=128, block_v=128, block_k=64, num_warps=8, num_stages=3),
+}
+
+
+def linear_softmax_config(kernel: str, dtype: torch.dtype, interpret: bool) -> LinearSoftmaxConfig:
+    if interpret:
+        return _LINEAR_SOFTMAX_INTERPRETER[kernel]
+    config = _LINEAR_SOFTMAX_GPU[kernel]
+    if dtype == torch.float32:
+        # Exact fp32 dots run on CUDA cores; smaller tiles avoid register spills (see tile_config).
+        config = LinearSoftmaxConfig(64, 64, 32, 4, 1)
     return config

@@ -1,15 +1,14 @@
 """Launchers of the thought-attention kernels: allocate outputs, pick tiles, size grids."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-
-import inspect
 
 import torch
 import triton
-import triton.language as tl
 
-from .configs import TileConfig, head_dim_block, tile_config
+from .configs import HEAD_DIM_BLOCKS, KERNEL_DTYPES, TileConfig, head_dim_block, tile_config
+from .jit_utils import constexpr_names
 from .thought_attention_bwd import (
     thought_attention_bwd_dq_kernel,
     thought_attention_bwd_prefix_dkdv_kernel,
@@ -52,6 +51,20 @@ KERNELS = {
 }
 
 
+def launchable_variants():
+    """Yield (kernel name, kernel, dtype, constexprs, config) for every variant the GPU path can launch."""
+    for name, dtype, block_d in itertools.product(KERNELS, KERNEL_DTYPES, HEAD_DIM_BLOCKS):
+        seen = set()
+        for has_padding, has_window, has_dlse in itertools.product((False, True), repeat=3):
+            consts, cfg = kernel_constants(
+                name, dtype, block_d, has_padding=has_padding, has_window=has_window, has_dlse=has_dlse
+            )
+            key = tuple(sorted(consts.items()))
+            if key not in seen:
+                seen.add(key)
+                yield name, KERNELS[name], dtype, consts, cfg
+
+
 def kernel_constants(
     name: str,
     dtype: torch.dtype,
@@ -79,12 +92,6 @@ def kernel_constants(
     )
     accepted = constexpr_names(KERNELS[name])
     return {key: value for key, value in values.items() if key in accepted}, cfg
-
-
-def constexpr_names(kernel) -> set[str]:
-    """Names of a kernel's ``tl.constexpr`` parameters (works for compiled and interpreted kernels)."""
-    parameters = inspect.signature(kernel.fn).parameters.values()
-    return {p.name for p in parameters if p.annotation is tl.constexpr}
 
 
 def _valid_args(valid: torch.Tensor | None, like: torch.Tensor):

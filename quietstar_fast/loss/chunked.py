@@ -1,0 +1,80 @@
+"""Row-chunked LM-head loss in plain PyTorch: the "torch" backend, and the backward every backend shares.
+
+Logits exist one chunk of rows at a time (a few MB on CPU, about 64 MB on a GPU), never as (N, V). The backward
+asks the backend for a chunk's d loss / d logits G (recomputed from the saved log-sum-exp, in the same precision
+as the backend's forward) and feeds two GEMMs: dH[chunk] = G @ W and dW += G^T @ H[chunk]. dW accumulates in W's dtype (as Liger's fused linear CE does);
+on a GPU the chunks are large, so a 16-bit dW is rounded only a few times.
+"""
+from __future__ import annotations
+
+import torch
+
+from .reference import BANNED_LOGIT
+
+_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def row_chunks(num_rows: int, vocab: int, device: torch.device):
+    """Yield (r0, r1) row ranges whose logits hold about a chunk budget of elements."""
+    budget = _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS["cuda"])
+    step = max(1, budget // vocab)
+    for r0 in range(0, num_rows, step):
+        yield r0, min(num_rows, r0 + step)
+
+
+def torch_forward(hidden, weight, targets, noise, generator, banned, inv_t, sample_scale):
+    """Chunked statistics of z = hidden @ weight^T: (lse of z * inv_t, z[target or sample], sampled tokens or None).
+
+    Sampling (``targets`` None) takes argmax(z * sample_scale + g), g from ``noise`` (N, V) or drawn per chunk as
+    -log(Exp(1)) from ``generator``.
+    """
+    num_rows, vocab = hidden.shape[0], weight.shape[0]
+    cdtype = compute_dtype(hidden.dtype)
+    lse = torch.empty(num_rows, dtype=cdtype, device=hidden.device)
+    picked = torch.empty_like(lse)
+    tokens = None if targets is not None else torch.empty(num_rows, dtype=torch.int64, device=hidden.device)
+    for r0, r1 in row_chunks(num_rows, vocab, hidden.device):
+        logits = (hidden[r0:r1] @ weight.T).to(cdtype)
+        if banned is not None:
+            logits.masked_fill_(banned.bool(), BANNED_LOGIT)
+        lse[r0:r1] = torch.logsumexp(logits * inv_t, dim=-1)
+        if tokens is None:
+            chosen = targets[r0:r1].clamp(0, vocab - 1)  # ignored rows pick anything; their loss is zeroed
+        else:
+            if noise is not None:
+                gumbel = noise[r0:r1].to(cdtype)
+            else:
+                gumbel = torch.empty_like(logits).exponential_(generator=generator).log_().neg_()
+            chosen = (logits * sample_scale + gumbel).argmax(dim=-1)
+            tokens[r0:r1] = chosen
+        picked[r0:r1] = logits.gather(1, chosen[:, None]).squeeze(1)
+    return lse, picked, tokens
+
+
+def torch_grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
+    """G (C, V) = coef * inv_t * (softmax(z * inv_t) - onehot(targets)) for z = hidden @ weight^T, in hidden's dtype;
+    the logits are formed exactly as ``torch_forward`` formed them."""
+    z = (hidden @ weight.T).to(compute_dtype(hidden.dtype))
+    if banned is not None:
+        z.masked_fill_(banned.bool(), BANNED_LOGIT)
+    scale = (coef * inv_t).to(z.dtype)
+    grad = torch.exp(z.mul_(inv_t).sub_(lse[:, None].to(z.dtype))).mul_(scale[:, None])
+    rows = torch.arange(len(targets), device=z.device)
+    in_vocab = (targets >= 0) & (targets < z.shape[1])
+    grad[rows[in_vocab], targets[in_vocab]] -= scale[in_vocab]
+    return grad.to(hidden.dtype)
+
+
+def chunked_linear_backward(hidden, weight, lse, targets, coef, banned, inv_t, grad_logits):
+    """dH, dW of sum_i coef_i * (lse_i - inv_t * z_i[target_i]), one chunk of rows at a time."""
+    grad_hidden = torch.empty_like(hidden)
+    grad_weight = torch.zeros_like(weight)
+    for r0, r1 in row_chunks(hidden.shape[0], weight.shape[0], hidden.device):
+        grad = grad_logits(hidden[r0:r1], weight, lse[r0:r1], targets[r0:r1], coef[r0:r1], banned, inv_t)
+        grad_hidden[r0:r1] = grad @ weight
+        grad_weight.addmm_(grad.T, hidden[r0:r1])
+    return grad_hidden, grad_weight

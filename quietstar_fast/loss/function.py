@@ -1,0 +1,80 @@
+"""The autograd function behind both LM-head ops, generic over a backend ("torch" or "triton").
+
+For z = hidden @ weight^T it returns nll = lse(z * inv_t) - inv_t * z[target]: the cross-entropy when targets are
+given (inv_t = 1), or minus the policy log-prob of a Gumbel-max sample when they are not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .._platform import triton_interpreting
+from .chunked import chunked_linear_backward, torch_forward, torch_grad_logits
+
+
+@dataclass(frozen=True)
+class Backend:
+    """forward(hidden, weight, targets, noise, generator, banned, inv_t, sample_scale) -> (lse, picked, tokens);
+    grad_logits(hidden_chunk, weight, lse, targets, coef, banned, inv_t) -> d loss / d logits of the chunk."""
+
+    name: str
+    forward: Callable
+    grad_logits: Callable
+
+
+TORCH = Backend("torch", torch_forward, torch_grad_logits)
+
+
+def triton_backend() -> Backend:
+    from ..kernels.linear_softmax import linear_softmax_forward, linear_softmax_grad
+
+    interpret = triton_interpreting()
+
+    def forward(hidden, weight, targets, noise, generator, banned, inv_t, sample_scale):
+        seed = None
+        if targets is None and noise is None:
+            device = generator.device if generator is not None else torch.device("cpu")
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
+        return linear_softmax_forward(hidden.contiguous(), weight.contiguous(), targets=targets, noise=noise,
+                                      seed=seed, banned=banned, inv_t=inv_t, sample_scale=sample_scale,
+                                      interpret=interpret)
+
+    def grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
+        return linear_softmax_grad(hidden.contiguous(), weight.contiguous(), lse, targets, coef.float().contiguous(),
+                                   banned, inv_t, interpret)
+
+    return Backend("triton", forward, grad_logits)
+
+
+class _LinearNLL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, noise, generator, banned, inv_t, sample_scale, ignore_index,
+                backend: Backend):
+        lse, picked, tokens = backend.forward(hidden, weight, targets, noise, generator, banned, inv_t, sample_scale)
+        chosen = targets if tokens is None else tokens
+        nll = lse - inv_t * picked
+        if ignore_index is not None:
+            nll = nll.masked_fill(chosen == ignore_index, 0.0)
+        ctx.save_for_backward(hidden, weight, lse, chosen, banned)
+        ctx.inv_t, ctx.ignore_index, ctx.backend = inv_t, ignore_index, backend
+        ctx.mark_non_differentiable(lse)
+        return nll, lse, tokens if tokens is not None else chosen.new_empty(0)
+
+    @staticmethod
+    def backward(ctx, grad_nll, _grad_lse, _grad_tokens):
+        hidden, weight, lse, chosen, banned = ctx.saved_tensors
+        coef = grad_nll
+        if ctx.ignore_index is not None:
+            coef = coef.masked_fill(chosen == ctx.ignore_index, 0.0)
+        grad_hidden, grad_weight = chunked_linear_backward(hidden, weight, lse, chosen, coef, banned, ctx.inv_t,
+                                                           ctx.backend.grad_logits)
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None
+
+
+def linear_nll(hidden, weight, *, targets=None, noise=None, generator=None, banned=None, inv_t=1.0,
+               sample_scale=1.0, ignore_index=None, backend: Backend = TORCH):
+    """(nll (N,), lse (N,), tokens (N,) or empty): see the module docstring."""
+    return _LinearNLL.apply(hidden, weight, targets, noise, generator, banned, inv_t, sample_scale, ignore_index,
+                            backend)

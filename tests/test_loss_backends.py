@@ -1,0 +1,218 @@
+"""LM-head ops ("torch", "triton") against the full-logits reference: losses, log-probs, tokens, every gradient.
+
+Tolerances follow FlashAttention's rule (tests/tolerance.py): the fp64 reference from the same rounded inputs is
+the oracle, the same-precision reference is the baseline.
+"""
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from quietstar_fast import mixed_cross_entropy, sample_thought_tokens
+from quietstar_fast.loss.reference import banned_logit
+from tolerance import assert_fa_rule
+
+IMPLS = ["torch", "triton"]
+DTYPES = [torch.float32, torch.float16]
+
+
+@dataclass(frozen=True)
+class LossCase:
+    rows: int
+    hidden: int
+    vocab: int
+    mix: str | None  # None (base CE), "zero", "negative", "above_one", "random"
+    ignored: float = 0.0  # fraction of ignore_index targets
+
+    def __str__(self) -> str:
+        return f"N{self.rows}-D{self.hidden}-V{self.vocab}-mix{self.mix}-ign{self.ignored}"
+
+
+CE_CASES = [
+    LossCase(37, 64, 1000, None, 0.2),
+    LossCase(37, 64, 4099, "random", 0.1),
+    LossCase(61, 32, 1000, "zero"),
+    LossCase(23, 48, 4099, "negative", 0.3),
+    LossCase(16, 64, 1000, "above_one"),
+]
+
+
+def _mix_weight(case: LossCase, device) -> torch.Tensor:
+    n = case.rows
+    if case.mix == "zero":
+        return torch.zeros(n, device=device)
+    if case.mix == "negative":
+        return -torch.rand(n, device=device) - 0.5
+    if case.mix == "above_one":
+        return 1 + torch.rand(n, device=device)
+    return torch.randn(n, device=device)
+
+
+def _ce_inputs(case: LossCase, dtype, device):
+    h_base = torch.randn(case.rows, case.hidden, device=device)
+    weight = torch.randn(case.vocab, case.hidden, device=device) / case.hidden**0.5 * 3
+    targets = torch.randint(0, case.vocab, (case.rows,), device=device)
+    targets[torch.rand(case.rows, device=device) < case.ignored] = -100
+    tensors = {"h_base": h_base, "lm_head_weight": weight}
+    if case.mix is not None:
+        tensors["h_thought"] = torch.randn(case.rows, case.hidden, device=device)
+        tensors["mix_weight"] = _mix_weight(case, device)
+    return {k: v.to(dtype) for k, v in tensors.items()}, targets
+
+
+def _run_ce(tensors, targets, impl, dtype=None):
+    leaves = {k: v.detach().to(dtype or v.dtype).requires_grad_(True) for k, v in tensors.items()}
+    loss, lse = mixed_cross_entropy(leaves["h_base"], leaves["lm_head_weight"], targets,
+                                    h_thought=leaves.get("h_thought"), mix_weight=leaves.get("mix_weight"),
+                                    return_lse=True, impl=impl)
+    upstream = torch.linspace(-1, 2, len(loss), device=loss.device, dtype=torch.float64)
+    grads = torch.autograd.grad((loss.double() * upstream).sum(), list(leaves.values()))
+    return {"loss": loss.detach(), "lse": lse.detach(), **{f"d_{k}": g for k, g in zip(leaves, grads)}}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CE_CASES, ids=str)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_mixed_cross_entropy_matches_reference(impl, case, dtype, device):
+    tensors, targets = _ce_inputs(case, dtype, device)
+    result = _run_ce(tensors, targets, impl)
+    baseline = _run_ce(tensors, targets, "reference")
+    oracle = _run_ce(tensors, targets, "reference", torch.float64)
+    for name in result:
+        stat_dtype = torch.float32 if name in ("loss", "lse") else dtype
+        assert_fa_rule(f"{impl} {case} {dtype} {name}", result[name], baseline[name], oracle[name], stat_dtype)
+    ignored = targets == -100
+    assert torch.equal(result["loss"][ignored], torch.zeros_like(result["loss"][ignored]))
+
+
+def test_ignored_rows_get_no_gradient(device):
+    tensors, targets = _ce_inputs(LossCase(20, 32, 1000, "random"), torch.float32, device)
+    targets[:10] = -100
+    for impl in IMPLS:
+        grads = _run_ce(tensors, targets, impl)
+        for name in ("d_h_base", "d_h_thought", "d_mix_weight"):
+            assert torch.count_nonzero(grads[name][:10]) == 0, (impl, name)
+
+
+def test_zero_mix_weight_is_the_base_loss(device):
+    tensors, targets = _ce_inputs(LossCase(17, 32, 1000, "zero"), torch.float32, device)
+    for impl in IMPLS:
+        mixed = mixed_cross_entropy(tensors["h_base"], tensors["lm_head_weight"], targets,
+                                    h_thought=tensors["h_thought"], mix_weight=tensors["mix_weight"], impl=impl)
+        base = mixed_cross_entropy(tensors["h_base"], tensors["lm_head_weight"], targets, impl=impl)
+        torch.testing.assert_close(mixed, base, rtol=0, atol=0)
+
+
+def test_torch_gradcheck_float64(device):
+    case = LossCase(5, 6, 11, "random", 0.2)
+    tensors, targets = _ce_inputs(case, torch.float64, device)
+    names = list(tensors)
+
+    def ce(*args):
+        kw = dict(zip(names, args))
+        return mixed_cross_entropy(kw["h_base"], kw["lm_head_weight"], targets, h_thought=kw["h_thought"],
+                                   mix_weight=kw["mix_weight"], impl="torch")
+
+    assert torch.autograd.gradcheck(ce, tuple(t.requires_grad_(True) for t in tensors.values()))
+    hidden = tensors["h_base"].detach().requires_grad_(True)
+    weight = tensors["lm_head_weight"].detach().requires_grad_(True)
+    noise = -torch.empty(case.rows, case.vocab, dtype=torch.float64, device=device).exponential_().log()
+
+    def logprob(h, w):
+        return sample_thought_tokens(h, w, gumbel_noise=noise, banned_token_ids=[2], impl="torch")[1]
+
+    assert torch.autograd.gradcheck(logprob, (hidden, weight))
+
+
+# ---- sampling ---------------------------------------------------------------------------------------------------
+
+SAMPLE_CASES = [(37, 64, 1000), (29, 48, 4099)]
+
+
+def _sample_inputs(rows, hidden, vocab, dtype, device):
+    h = torch.randn(rows, hidden, device=device)
+    weight = torch.randn(vocab, hidden, device=device) / hidden**0.5 * 3
+    noise = -torch.empty(rows, vocab, device=device).exponential_().log()
+    return h.to(dtype), weight.to(dtype), noise.to(dtype)
+
+
+def _run_sample(h, weight, noise, impl, banned, dtype=None):
+    h = h.detach().to(dtype or h.dtype).requires_grad_(True)
+    weight = weight.detach().to(dtype or weight.dtype).requires_grad_(True)
+    tokens, logprob = sample_thought_tokens(h, weight, gumbel_noise=noise.to(dtype or noise.dtype),
+                                            banned_token_ids=banned, impl=impl)
+    upstream = torch.linspace(-1, 1, len(logprob), device=logprob.device, dtype=torch.float64)
+    d_h, d_w = torch.autograd.grad((logprob.double() * upstream).sum(), (h, weight))
+    return tokens, {"logprob": logprob.detach(), "d_hidden": d_h, "d_weight": d_w}
+
+
+def _same_precision_logprob(h, weight, tokens, banned, temperature=3.0):
+    """Baseline: the official computation in the inputs' dtype, at the oracle's tokens."""
+    h = h.detach().requires_grad_(True)
+    weight = weight.detach().requires_grad_(True)
+    logits = (h @ weight.T).index_fill(1, torch.tensor(banned, device=h.device), banned_logit(h.dtype))
+    logprob = torch.log_softmax(logits / temperature, dim=-1).gather(1, tokens[:, None]).squeeze(1).float()
+    upstream = torch.linspace(-1, 1, len(logprob), device=logprob.device, dtype=torch.float64)
+    d_h, d_w = torch.autograd.grad((logprob.double() * upstream).sum(), (h, weight))
+    return {"logprob": logprob.detach(), "d_hidden": d_h, "d_weight": d_w}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SAMPLE_CASES, ids=str)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sampling_with_given_noise_matches_reference(impl, shape, dtype, device):
+    h, weight, noise = _sample_inputs(*shape, dtype, device)
+    banned = [0, shape[2] - 1]
+    tokens, result = _run_sample(h, weight, noise, impl, banned)
+    oracle_tokens, oracle = _run_sample(h, weight, noise, "reference", banned, torch.float64)
+    # Same noise, same sample: the kernels' fp32 logits rank like the fp64 oracle's away from exact ties.
+    assert torch.equal(tokens, oracle_tokens)
+    baseline = _same_precision_logprob(h, weight, oracle_tokens, banned)
+    for name in result:
+        stat_dtype = torch.float32 if name == "logprob" else dtype
+        assert_fa_rule(f"{impl} {shape} {dtype} {name}", result[name], baseline[name], oracle[name], stat_dtype)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_banned_ids_are_never_sampled(impl, device):
+    rows, hidden, vocab = 64, 16, 300
+    direction = torch.randn(hidden, device=device)
+    h = direction + 0.1 * torch.randn(rows, hidden, device=device)
+    weight = torch.randn(vocab, hidden, device=device) * 0.01
+    banned = [7, 299]
+    weight[banned] = direction  # logits near |direction|^2 ~ 16 against ~0: without the ban they win every row
+    generator = torch.Generator(device=device).manual_seed(0)
+    tokens, _ = sample_thought_tokens(h, weight, generator=generator, banned_token_ids=banned, impl=impl)
+    assert not torch.isin(tokens, torch.tensor(banned, device=device)).any()
+    unbanned, _ = sample_thought_tokens(h, weight, generator=generator, impl=impl)
+    assert torch.isin(unbanned, torch.tensor(banned, device=device)).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("sample_temperature", [None, 2.0])
+def test_generated_noise_samples_the_right_distribution(impl, sample_temperature, device):
+    """Frequencies over many rows match softmax(z / T) (T = 1 when sample_temperature is None)."""
+    rows, vocab = 6000, 6
+    weight = torch.tensor([[2.0], [1.0], [0.5], [0.0], [-1.0], [1.5]], device=device)
+    h = torch.ones(rows, 1, device=device)
+    generator = torch.Generator(device=device).manual_seed(1234)
+    tokens, logprob = sample_thought_tokens(h, weight, generator=generator, impl=impl,
+                                            sample_temperature=sample_temperature)
+    expected = torch.softmax(weight[:, 0] / (sample_temperature or 1.0), dim=0)
+    observed = torch.bincount(tokens, minlength=vocab).float() / rows
+    # 5 standard errors of a binomial proportion.
+    tolerance = 5 * torch.sqrt(expected * (1 - expected) / rows)
+    assert torch.all((observed - expected).abs() < tolerance), (observed, expected)
+    torch.testing.assert_close(logprob, torch.log_softmax(weight[:, 0] / 3.0, 0)[tokens], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_generator_seeds_are_reproducible(impl, device):
+    h, weight, _ = _sample_inputs(50, 16, 500, torch.float32, device)
+
+    def draw(seed):
+        generator = torch.Generator(device=device).manual_seed(seed)
+        return sample_thought_tokens(h, weight, generator=generator, impl=impl)[0]
+
+    assert torch.equal(draw(5), draw(5))
+    assert not torch.equal(draw(5), draw(6))
