@@ -123,13 +123,6 @@ _FACTORIES = {
 }
 
 
-def _with_backward(forward, inputs):
-    def run():
-        out = forward()
-        return torch.autograd.grad(out, inputs, torch.ones_like(out))
-    return run
-
-
 def _sweep(args) -> list[Shape]:
     if args.preset == "cpu-target":
         return [Shape(1, 4, 2, 1024, 12, 1, 64, "fp32", False)]
@@ -141,10 +134,9 @@ def _sweep(args) -> list[Shape]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bench_utils.add_common_args(parser, PROVIDERS, repeats=5)
     parser.add_argument("--preset", choices=["small", "cpu-target", "gpu-target"], default=None,
                         help="default: small on CPU, gpu-target on CUDA")
-    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--n", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--a", type=int, default=12)
     parser.add_argument("--m", type=int, default=1)
@@ -154,26 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--d", type=int, default=64)
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32")
     parser.add_argument("--padding", action="store_true", help="right-pad every other row by 10%%")
-    parser.add_argument("--modes", nargs="+", choices=["fwd", "fwd_bwd"], default=["fwd", "fwd_bwd"])
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats on CPU (CUDA uses do_bench)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--tag", default=None, help="file name tag (default: cpu / the GPU name)")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        bench_utils.ensure_exact_cpu_memory_accounting()
-        torch.set_num_threads(args.threads)
+    device, providers, device_name, version = bench_utils.prepare(args, CUDA_ONLY)
     args.preset = args.preset or ("gpu-target" if device.type == "cuda" else "small")
-    skipped = [p for p in args.providers if p in CUDA_ONLY and device.type != "cuda"]
-    providers = [p for p in args.providers if p not in skipped]
-    if skipped:
-        print(f"note: skipped GPU-only providers on {device.type}: {', '.join(skipped)}")
-
-    device_name = bench_utils.device_description(device)
-    version = bench_utils.versions()
-    print(f"device: {device_name}\nversions: {version}\npreset: {args.preset}")
+    print(f"preset: {args.preset}")
     rows, table = [], []
     for shape in _sweep(args):
         torch.manual_seed(0)
@@ -182,13 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             inputs, mask = _inputs(shape, device)
             forward = _FACTORIES[provider](shape, *inputs, mask)
             for mode in args.modes:
-                fn = forward if mode == "fwd" else _with_backward(forward, inputs)
-                try:
-                    timing = bench_utils.time_ms(fn, device, args.repeats)
-                    peak = bench_utils.peak_memory_mb(fn, device)
-                except torch.OutOfMemoryError:
-                    print(f"{provider} {mode} {config}: out of memory")
+                fn = forward if mode == "fwd" else bench_utils.with_backward(forward, inputs)
+                measured = bench_utils.measure(fn, device, args.repeats, f"{provider} {mode} {config}")
+                if measured is None:
                     continue
+                timing, peak = measured
                 common = dict(kernel="thought_attention", provider=provider, mode=mode, x_name="n",
                               x_value=shape.n, config=config, device_name=device_name, library_version=version)
                 rows.append(bench_utils.csv_row(metric="time", unit="ms", values=timing, **common))
@@ -197,17 +172,12 @@ def main(argv: list[str] | None = None) -> int:
                 tflops = tuple(flops / (t * 1e-3) / 1e12 for t in timing)
                 rows.append(bench_utils.csv_row(metric="tflops", unit="TFLOP/s", values=tflops, **common))
                 table.append((shape, provider, mode, timing[0], peak, tflops[0]))
-        del inputs
+            del inputs
 
     _print_table(table)
-    tag = args.tag or ("cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).replace(" ", "_"))
-    csv_path = args.out / f"attention_{tag}_{args.preset}.csv"
-    bench_utils.write_csv(rows, csv_path)
-    print(f"wrote {csv_path}")
-    png_path = csv_path.with_suffix(".png")
-    plotted = bench_utils.plot([r for r in rows if r["metric_name"] != "tflops"], png_path,
-                               f"thought_attention on {device_name}")
-    print(f"wrote {png_path}" if plotted else "matplotlib not installed: no plot")
+    csv_path = bench_utils.results_path(args, device, "attention")
+    csv_path = csv_path.with_name(f"{csv_path.stem}_{args.preset}.csv")
+    bench_utils.write_results(rows, csv_path, f"thought_attention on {device_name}")
     return 0
 
 

@@ -8,6 +8,7 @@ once. Both count what the measured call allocates beyond the memory live before 
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import os
@@ -136,3 +137,57 @@ def plot(rows: list[dict], path: Path, title: str) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def add_common_args(parser: argparse.ArgumentParser, providers: tuple[str, ...], repeats: int) -> None:
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--providers", nargs="+", choices=providers, default=list(providers))
+    parser.add_argument("--modes", nargs="+", choices=["fwd", "fwd_bwd"], default=["fwd", "fwd_bwd"])
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed repeats on CPU (CUDA uses do_bench)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--tag", default=None, help="file name tag (default: cpu / the GPU name)")
+
+
+def prepare(args: argparse.Namespace, cuda_only: set[str]) -> tuple[torch.device, list[str], str, str]:
+    """Set up the device (CPU: exact memory accounting, thread count); returns (device, runnable providers,
+    device description, library versions), printing what was skipped."""
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        ensure_exact_cpu_memory_accounting()
+        torch.set_num_threads(args.threads)
+    skipped = [p for p in args.providers if p in cuda_only and device.type != "cuda"]
+    if skipped:
+        print(f"note: skipped GPU-only providers on {device.type}: {', '.join(skipped)}")
+    device_name, version = device_description(device), versions()
+    print(f"device: {device_name}\nversions: {version}")
+    return device, [p for p in args.providers if p not in skipped], device_name, version
+
+
+def with_backward(forward: Callable[[], torch.Tensor], leaves) -> Callable[[], object]:
+    """forward + backward of sum(output) into ``leaves``."""
+    def run():
+        return torch.autograd.grad(forward().sum(), leaves)
+    return run
+
+
+def measure(fn: Callable[[], object], device: torch.device, repeats: int, label: str):
+    """((median, p20, p80) ms, peak MB), or None when the call runs out of memory."""
+    try:
+        return time_ms(fn, device, repeats), peak_memory_mb(fn, device)
+    except torch.OutOfMemoryError:
+        print(f"{label}: out of memory")
+        return None
+
+
+def results_path(args: argparse.Namespace, device: torch.device, stem: str) -> Path:
+    tag = args.tag or ("cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).replace(" ", "_"))
+    return args.out / f"{stem}_{tag}.csv"
+
+
+def write_results(rows: list[dict], csv_path: Path, title: str) -> None:
+    write_csv(rows, csv_path)
+    print(f"wrote {csv_path}")
+    png_path = csv_path.with_suffix(".png")
+    plotted = plot([r for r in rows if r["metric_name"] != "tflops"], png_path, title)
+    print(f"wrote {png_path}" if plotted else "matplotlib not installed: no plot")

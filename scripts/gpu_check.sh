@@ -15,6 +15,7 @@ PY=${PYTHON:-python3}
 } > "$OUT/versions.txt" 2>&1
 $PY -m pip install --quiet --no-build-isolation --no-deps -e . > "$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
 status=0
-$PY -m pytest -q --timeout=600 tests 2>&1 | tee "$OUT/tests.log" || status=1
+$PY -m pytest -q --timeout=600 tests --ignore=tests/test_aot_compile.py 2>&1 | tee "$OUT/tests.log" || status=1
 $PY benchmarks/bench_attention.py --preset gpu-target --out "$OUT" 2>&1 | tee "$OUT/bench_attention.log" || status=1
+$PY benchmarks/bench_loss.py --out "$OUT" 2>&1 | tee "$OUT/bench_loss.log" || status=1
 exit $status

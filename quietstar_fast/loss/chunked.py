@@ -2,7 +2,14 @@
 
 Logits exist one chunk of rows at a time (a few MB on CPU, about 64 MB on a GPU), never as (N, V). The backward
 asks the backend for a chunk's d loss / d logits G (recomputed from the saved log-sum-exp, in the same precision
-as the backend's forward) and feeds two GEMMs: dH[chunk] = G @ W and dW += G^T @ H[chunk]. dW accumulates in W's dtype (as Liger's fused linear CE does);
+as the backend's forward) and feeds two GEMMs: dH[chunk] = G @ W and dW += G^T @ H[chunk].
+
+Why recompute in the backward rather than compute gradients in the forward (Liger's choice): a Quiet-STaR step
+calls these ops T + N - 3 times (15 at the paper's defaults) before a single backward. Gradients computed in the
+forward would have to live until then: one dW (V x D, 262 MB in bf16 at Mistral-7B's size) and one dH per call,
+about 4 GB per step. Recomputing costs one more logits GEMM per backward (the backward does three instead of two)
+and keeps nothing but the (N,) log-sum-exp. This is arithmetic, not yet a GPU measurement: bench_loss.py on a GPU
+gives the time side of the trade. dW accumulates in W's dtype (as Liger's fused linear CE does);
 on a GPU the chunks are large, so a 16-bit dW is rounded only a few times.
 """
 from __future__ import annotations
@@ -41,7 +48,7 @@ def torch_forward(hidden, weight, targets, noise, generator, banned, inv_t, samp
         logits = (hidden[r0:r1] @ weight.T).to(cdtype)
         if banned is not None:
             logits.masked_fill_(banned.bool(), BANNED_LOGIT)
-        lse[r0:r1] = torch.logsumexp(logits * inv_t, dim=-1)
+        lse[r0:r1] = torch.logsumexp(logits if inv_t == 1.0 else logits * inv_t, dim=-1)
         if tokens is None:
             chosen = targets[r0:r1].clamp(0, vocab - 1)  # ignored rows pick anything; their loss is zeroed
         else:

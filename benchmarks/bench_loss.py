@@ -1,0 +1,127 @@
+"""Benchmark the fused LM-head ops: time and peak memory, forward and forward+backward.
+
+Ops
+  mixed_ce  talk NLL with the mixing weight: CE(W @ ((1 - w) h_base + w h_thought), y), ~10% ignored targets
+  sample    thought sampling (Gumbel-max, in-kernel noise) + REINFORCE log-prob at temperature 3
+Providers
+  reference  full (N, V) logits, as the official code (F.cross_entropy / log_softmax, (N, V) Gumbel noise)
+  torch      quietstar_fast impl="torch" (row-chunked PyTorch)
+  triton     quietstar_fast impl="triton" (CUDA only)
+
+Defaults: on CPU N in {512, 2048}, D = 256, V = 32002, fp32 on one thread (labelled CPU); on CUDA
+N in {2048, 8192}, D = 4096, V = 32002, bf16. Results: CSV (Liger's schema) and PNG under benchmarks/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_utils  # noqa: E402
+
+from quietstar_fast import mixed_cross_entropy, sample_thought_tokens  # noqa: E402
+
+PROVIDERS = ("reference", "torch", "triton")
+CUDA_ONLY = {"triton"}
+OPS = ("mixed_ce", "sample")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+META_TOKENS = (32000, 32001)
+
+
+@dataclass(frozen=True)
+class Shape:
+    rows: int
+    hidden: int
+    vocab: int
+    dtype: str
+
+
+def _inputs(shape: Shape, device: torch.device):
+    dtype = _DTYPES[shape.dtype]
+
+    def leaf(*size, scale=1.0):
+        return (torch.randn(*size, device=device) * scale).to(dtype).requires_grad_(True)
+
+    h_base, h_thought = leaf(shape.rows, shape.hidden), leaf(shape.rows, shape.hidden)
+    weight = leaf(shape.vocab, shape.hidden, scale=shape.hidden**-0.5)
+    mix_weight = leaf(shape.rows, scale=0.5)
+    targets = torch.randint(0, shape.vocab, (shape.rows,), device=device)
+    targets[torch.rand(shape.rows, device=device) < 0.1] = -100
+    return h_base, h_thought, weight, mix_weight, targets
+
+
+def _forward(op: str, impl: str, shape: Shape, device: torch.device):
+    h_base, h_thought, weight, mix_weight, targets = _inputs(shape, device)
+    if op == "mixed_ce":
+        leaves = (h_base, h_thought, weight, mix_weight)
+
+        def run():
+            return mixed_cross_entropy(h_base, weight, targets, h_thought=h_thought, mix_weight=mix_weight, impl=impl)
+    else:
+        leaves = (h_base, weight)
+        banned = [t for t in META_TOKENS if t < shape.vocab]
+        generator = torch.Generator(device=device).manual_seed(0)
+
+        def run():
+            return sample_thought_tokens(h_base, weight, generator=generator, banned_token_ids=banned, impl=impl)[1]
+    return run, leaves
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    bench_utils.add_common_args(parser, PROVIDERS, repeats=3)
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    parser.add_argument("--rows", type=int, nargs="+", default=None, help="N values (default by device)")
+    parser.add_argument("--hidden", type=int, default=None)
+    parser.add_argument("--vocab", type=int, default=32002)
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None)
+    args = parser.parse_args(argv)
+
+    device, providers, device_name, version = bench_utils.prepare(args, CUDA_ONLY)
+    on_gpu = device.type == "cuda"
+    rows = args.rows or ([2048, 8192] if on_gpu else [512, 2048])
+    hidden = args.hidden or (4096 if on_gpu else 256)
+    dtype = args.dtype or ("bf16" if on_gpu else "fp32")
+    csv_rows, table = [], []
+    for op in args.ops:
+        for n in rows:
+            shape = Shape(n, hidden, args.vocab, dtype)
+            config = ", ".join(f"{key}={value}" for key, value in asdict(shape).items())
+            for provider in providers:
+                torch.manual_seed(0)
+                forward, leaves = _forward(op, provider, shape, device)
+                for mode in args.modes:
+                    fn = forward if mode == "fwd" else bench_utils.with_backward(forward, leaves)
+                    measured = bench_utils.measure(fn, device, args.repeats, f"{op} {provider} {mode} {config}")
+                    if measured is None:
+                        continue
+                    timing, peak = measured
+                    common = dict(kernel=op, provider=provider, mode=mode, x_name="N", x_value=n, config=config,
+                                  device_name=device_name, library_version=version)
+                    csv_rows.append(bench_utils.csv_row(metric="time", unit="ms", values=timing, **common))
+                    csv_rows.append(bench_utils.csv_row(metric="peak_memory", unit="MB", values=(peak,) * 3,
+                                                        **common))
+                    table.append((op, shape, provider, mode, timing[0], peak))
+                del forward, leaves
+
+    print(f"\n{'op':<9} {'shape':<28} {'provider':<10} {'mode':<8} {'ms':>10} {'peak MB':>9} {'speedup':>8} "
+          f"{'mem ratio':>9}")
+    baseline = {(op, s, mode): (ms, mb) for op, s, p, mode, ms, mb in table if p == "reference"}
+    for op, shape, provider, mode, ms, mb in table:
+        base = baseline.get((op, shape, mode))
+        speedup = f"{base[0] / ms:.2f}x" if base else "-"
+        mem_ratio = f"{base[1] / mb:.2f}x" if base and mb > 0 else "-"
+        label = f"N{shape.rows} D{shape.hidden} V{shape.vocab} {shape.dtype}"
+        print(f"{op:<9} {label:<28} {provider:<10} {mode:<8} {ms:>10.2f} {mb:>9.1f} {speedup:>8} {mem_ratio:>9}")
+    print("speedup and mem ratio are relative to 'reference' (higher is better for the other providers)")
+
+    bench_utils.write_results(csv_rows, bench_utils.results_path(args, device, "loss"), f"LM-head ops on {device_name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
