@@ -15,7 +15,6 @@ Results: CSV (Liger's schema) and a PNG under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -189,7 +188,8 @@ def _print_table(table) -> None:
         base = baseline.get((shape, mode))
         speedup = f"{base[0] / ms:.2f}x" if base else "-"
         mem_ratio = f"{base[1] / mb:.2f}x" if base and mb > 0 else "-"
-        label = f"B{shape.batch} H{shape.q_heads}/{shape.kv_heads} n{shape.n} a{shape.a} m{shape.m} d{shape.d} {shape.dtype}"
+        heads = f"H{shape.q_heads}/{shape.kv_heads}"
+        label = f"B{shape.batch} {heads} n{shape.n} a{shape.a} m{shape.m} d{shape.d} {shape.dtype}"
         print(f"{label:<44} {provider:<19} {mode:<8} {ms:>10.3f} {mb:>9.1f} {tflops:>8.3f} {speedup:>8} "
               f"{mem_ratio:>9}")
     print("speedup and mem ratio are relative to 'official' (higher is better for the other providers)")

@@ -49,7 +49,8 @@ def versions() -> str:
     import quietstar_fast
 
     cuda = torch.version.cuda or "none"
-    return f"quietstar_fast {quietstar_fast.__version__}; torch {torch.__version__}; triton {triton.__version__}; cuda {cuda}"
+    return (f"quietstar_fast {quietstar_fast.__version__}; torch {torch.__version__}; triton {triton.__version__}; "
+            f"cuda {cuda}")
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float, float]:

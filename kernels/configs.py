@@ -57,6 +57,16 @@ _GPU_CONFIGS: dict[str, dict[int, TileConfig]] = {
 KERNEL_NAMES = tuple(_GPU_CONFIGS)
 
 
+def dtype_constants(dtype: torch.dtype, interpret: bool) -> dict:
+    """Constexprs every kernel takes from the input dtype."""
+    return dict(
+        # Triton's CPU interpreter computes bf16 arithmetic on raw bits: upcast right after loading there.
+        UPCAST=interpret and dtype == torch.bfloat16,
+        # fp32 inputs ask for fp32 results: no silent TF32 on the GPU.
+        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+    )
+
+
 def head_dim_block(head_dim: int) -> int:
     for block in HEAD_DIM_BLOCKS:
         if head_dim <= block:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from .configs import KERNEL_DTYPES, linear_softmax_config
+from .configs import KERNEL_DTYPES, dtype_constants, linear_softmax_config
 from .linear_softmax_bwd import linear_softmax_grad_kernel
 from .linear_softmax_fwd import linear_softmax_fwd_kernel
 
@@ -17,10 +17,7 @@ def kernel_constants(name: str, dtype: torch.dtype, *, sample: bool = False, noi
     cfg = linear_softmax_config(name, dtype, interpret)
     consts = dict(
         HAS_BANNED=has_banned, BLOCK_M=cfg.block_m, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
-        # Triton's CPU interpreter computes bf16 arithmetic on raw bits: upcast after loading there.
-        UPCAST=interpret and dtype == torch.bfloat16,
-        # fp32 inputs ask for fp32 results: no silent TF32 on the GPU.
-        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        **dtype_constants(dtype, interpret),
     )
     if name == "lm_fwd":
         consts.update(SAMPLE=sample, NOISE_FROM_SEED=noise_from_seed)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from .configs import HEAD_DIM_BLOCKS, KERNEL_DTYPES, TileConfig, head_dim_block, tile_config
+from .configs import HEAD_DIM_BLOCKS, KERNEL_DTYPES, TileConfig, dtype_constants, head_dim_block, tile_config
 from .jit_utils import constexpr_names
 from .thought_attention_bwd import (
     thought_attention_bwd_dq_kernel,
@@ -85,10 +85,7 @@ def kernel_constants(
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_D=block_d,
-        # Triton's CPU interpreter computes bf16 arithmetic on raw bits: upcast after loading there.
-        UPCAST=interpret and dtype == torch.bfloat16,
-        # fp32 inputs ask for fp32 results: no silent TF32 on the GPU.
-        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        **dtype_constants(dtype, interpret),
     )
     accepted = constexpr_names(KERNELS[name])
     return {key: value for key, value in values.items() if key in accepted}, cfg

@@ -1,10 +1,11 @@
 """Forward kernel of thought-aware attention.
 
 One program per (block of BLOCK_M positions, batch*query head, query step). It runs an online softmax over
-  1. the prefix key tiles the block can see: tiles strictly below the diagonal without the causal test, then the
-     diagonal tiles with it (a sliding window moves the first tile; padding is tested per key);
-  2. the block's own stream keys, one step at a time, as row-wise dot products of the same positions
-     (a rows of d values each) -- never as dense diagonal tiles.
+  1. the block's own stream keys, one step at a time, as row-wise dot products of the same positions
+     (a rows of d values each) -- never as dense diagonal tiles. They come first: their loop needs few registers,
+     and the prefix loop then runs with the usual flash-attention live set (fewer spills on sm_90);
+  2. the prefix key tiles the block can see: tiles strictly below the diagonal without the causal test, then the
+     diagonal tiles with it (a sliding window moves the first tile; padding is tested per key).
 Statistics are fp32, in the log2 domain; the stored LSE is natural-log, -inf for rows that see no key.
 """
 import triton

@@ -22,7 +22,8 @@ class Case:
 
     def __str__(self) -> str:
         pad = self.padding or "nopad"
-        return f"B{self.batch}-H{self.q_heads}/{self.kv_heads}-n{self.n}-a{self.a}-m{self.m}-d{self.d}-{pad}-W{self.window}"
+        heads = f"H{self.q_heads}/{self.kv_heads}"
+        return f"B{self.batch}-{heads}-n{self.n}-a{self.a}-m{self.m}-d{self.d}-{pad}-W{self.window}"
 
 
 def key_padding_mask(case: Case, device) -> torch.Tensor | None:

@@ -58,7 +58,9 @@ def check_temperature(name: str, value: object) -> float:
     return float(value)
 
 
-def banned_mask(banned_token_ids: Sequence[int] | torch.Tensor, vocab: int, device: torch.device) -> torch.Tensor | None:
+def banned_mask(
+    banned_token_ids: Sequence[int] | torch.Tensor, vocab: int, device: torch.device
+) -> torch.Tensor | None:
     """(V,) int8 flags of the banned ids, or None when nothing is banned."""
     ids = torch.as_tensor(banned_token_ids, dtype=torch.int64).flatten().cpu()
     if ids.numel() == 0:
