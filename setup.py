@@ -5,6 +5,12 @@
 from setuptools import setup
 
 setup(
-    packages=["quietstar_fast", "quietstar_fast.attention", "quietstar_fast.loss", "quietstar_fast.kernels"],
+    packages=[
+        "quietstar_fast",
+        "quietstar_fast.attention",
+        "quietstar_fast.loss",
+        "quietstar_fast.quietstar",
+        "quietstar_fast.kernels",
+    ],
     package_dir={"quietstar_fast.kernels": "kernels"},
 )

@@ -1,10 +1,17 @@
 """quietstar_fast: fused kernels for Quiet-STaR training and thinking inference."""
 from .attention import thought_attention
+from .hf import apply_quietstar_kernels, revert_quietstar_kernels
 from .loss import mixed_cross_entropy, sample_thought_tokens
 from .mask import ThoughtMaskLayout, official_step_mask
+from .quietstar import QuietStar, QuietStarConfig, QuietStarOutput
 
 __all__ = [
+    "QuietStar",
+    "QuietStarConfig",
+    "QuietStarOutput",
     "ThoughtMaskLayout",
+    "apply_quietstar_kernels",
+    "revert_quietstar_kernels",
     "mixed_cross_entropy",
     "official_step_mask",
     "sample_thought_tokens",

@@ -36,6 +36,14 @@ def _resolve_impl(impl: str, x: torch.Tensor) -> str:
     return impl
 
 
+def loss_backend(impl: str, x: torch.Tensor):
+    """The fused backend ("torch" or "triton") that ``impl`` selects for tensors like ``x``."""
+    impl = _resolve_impl(impl, x)
+    if impl == "reference":
+        raise ValueError("the reference implementation has no fused backend")
+    return triton_backend() if impl == "triton" else TORCH
+
+
 def mixed_cross_entropy(
     h_base: torch.Tensor,
     lm_head_weight: torch.Tensor,
@@ -79,7 +87,7 @@ def mixed_cross_entropy(
     if impl == "reference":
         loss, lse = reference_cross_entropy(hidden, lm_head_weight, targets, ignore_index)
     else:
-        backend = triton_backend() if impl == "triton" else TORCH
+        backend = loss_backend(impl, h_base)
         loss, lse, _ = linear_nll(hidden, lm_head_weight, targets=targets.long(), ignore_index=ignore_index,
                                   backend=backend)
     return (loss, lse) if return_lse else loss
@@ -130,7 +138,7 @@ def sample_thought_tokens(
         tokens, logprob, _ = reference_sample(hidden, lm_head_weight, gumbel_noise, generator, banned,
                                               policy_temperature, sample_temperature)
         return tokens, logprob
-    backend = triton_backend() if impl == "triton" else TORCH
+    backend = loss_backend(impl, hidden)
     noise = None if gumbel_noise is None else gumbel_noise.contiguous()
     nll, _, tokens = linear_nll(hidden, lm_head_weight, noise=noise, generator=generator, banned=banned,
                                 inv_t=inv_policy_t, sample_scale=sample_scale, backend=backend)

@@ -1,0 +1,4 @@
+from .config import QuietStarConfig
+from .module import QuietStar, QuietStarOutput
+
+__all__ = ["QuietStar", "QuietStarConfig", "QuietStarOutput"]

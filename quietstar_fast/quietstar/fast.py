@@ -1,0 +1,90 @@
+"""The fast Quiet-STaR training call: the same numbers as the reference, without its costs.
+
+* Attention runs through ``thought_attention`` (``quietstar_fast.hf``): no dense masks, no mask concatenation.
+* The T talk steps run as one model call over T*n tokens (their inputs are known: <|endthought|> and the true
+  tokens), i.e. one multi-step attention call with m = T.
+* NLLs and thought sampling use the fused LM-head ops (no (N, V) logits), called below the public argument checks
+  so that nothing inside the step synchronises with the host. The reward's base NLL at talk step k is the step-0
+  NLL shifted by k-1 (the same numbers the official code recomputes).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..hf import ThoughtLayout, thought_call_kwargs
+from ..loss.api import loss_backend
+from ..loss.checks import banned_mask
+from ..loss.function import linear_nll
+from ..loss.mixing import mix_hidden
+from .steps import base_for_talk_step, cache_kwarg, make_rows, meta_embedding, new_cache, teacher_forced_ids
+
+
+def fast_forward(qs, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states):
+    from .module import QuietStarOutput
+
+    cfg = qs.config
+    n_ahead, n_talk = cfg.n_ahead, cfg.n_ahead_talk
+    rows_info = make_rows(input_ids, attention_mask, cfg.n_passes, qs.pad_token_id)
+    ids, labels, rows, seq_len = rows_info.ids, rows_info.labels, rows_info.count, rows_info.seq_len
+    decoder = qs.model.get_decoder()
+    embed = qs.model.get_input_embeddings()
+    weight = qs.model.get_output_embeddings().weight
+    dim = weight.shape[1]
+    backend = loss_backend(qs.kernel_impl, weight)
+    banned = banned_mask([qs.start_token_id, qs.end_token_id], weight.shape[0], weight.device)
+    thought_call = thought_call_kwargs(ThoughtLayout(seq_len, rows_info.padding, cfg.sliding_window, qs.kernel_impl))
+    cache, cache_name = new_cache(), cache_kwarg(decoder)
+    positions = torch.arange(seq_len, device=ids.device)[None]
+
+    def run(inputs, steps):
+        position_ids = torch.cat([positions + step for step in steps], dim=1)
+        return decoder(inputs_embeds=inputs, position_ids=position_ids, use_cache=True, **thought_call,
+                       **{cache_name: cache}).last_hidden_state
+
+    def nll(hidden, targets):
+        return linear_nll(hidden.reshape(-1, dim), weight, targets=targets.reshape(-1), ignore_index=-100,
+                          backend=backend)[0]
+
+    base_hidden = run(embed(ids), [0])
+    base_nll = nll(base_hidden[:, :-1], labels[:, 1:]).view(rows, seq_len - 1)
+    hidden_states, talk_weights, thought_tokens, logprobs = [base_hidden], [], [], []
+    inputs = meta_embedding(qs.start_embedding, cfg.embedding_scale, base_hidden)
+    for step in range(1, n_ahead - 1):
+        hidden = run(inputs, [step])
+        hidden_states.append(hidden)
+        with torch.no_grad():  # the thought steps' mixing weights are only reported, as in the official code
+            talk_weights.append(qs.talk_head[0](torch.cat([base_hidden, hidden], dim=-1)))
+        if step <= n_ahead - 3:
+            noise = None if gumbel_noise is None else gumbel_noise[step - 1].reshape(rows * seq_len, -1)
+            neg_logprob, _, tokens = linear_nll(hidden.reshape(-1, dim), weight, noise=noise, generator=generator,
+                                                banned=banned, inv_t=1.0 / cfg.reinforce_temperature,
+                                                backend=backend)
+            thought_tokens.append(tokens.view(rows, seq_len))
+            logprobs.append(-neg_logprob.view(rows, seq_len))
+            inputs = embed(tokens.view(rows, seq_len))
+        else:
+            inputs = meta_embedding(qs.end_embedding, cfg.embedding_scale, hidden)
+
+    # Talk phase: <|endthought|>, x_{i+1}, ..., x_{i+T-1} in one call (step-major, T blocks of n tokens).
+    talk_inputs = [inputs] + [embed(teacher_forced_ids(ids, k, qs.pad_token_id)) for k in range(1, n_talk)]
+    talk_hidden = run(torch.cat(talk_inputs, dim=1), range(n_ahead - 1, cfg.num_steps)).view(rows, n_talk, seq_len, dim)
+    mixed, targets, lengths = [], [], []
+    for k in range(1, n_talk + 1):
+        hidden = talk_hidden[:, k - 1]
+        hidden_states.append(hidden)
+        shifted_base = base_for_talk_step(base_hidden, k)
+        mix_weight = qs.talk_head[0](torch.cat([shifted_base, hidden], dim=-1))
+        talk_weights.append(mix_weight)
+        valid = seq_len - k
+        mixed.append(mix_hidden(shifted_base[:, :valid].reshape(-1, dim), hidden[:, :valid].reshape(-1, dim),
+                                mix_weight[:, :valid].reshape(-1)))
+        targets.append(labels[:, k:].reshape(-1))
+        lengths.append(rows * valid)
+    # All T talk NLLs in one fused call.
+    talk_flat = linear_nll(torch.cat(mixed), weight, targets=torch.cat(targets), ignore_index=-100,
+                           backend=backend)[0]
+    talk_nll = [part.view(rows, -1) for part in talk_flat.split(lengths)]
+    base_nll_for_reward = [base_nll[:, k - 1:].detach() for k in range(1, n_talk + 1)]
+
+    return QuietStarOutput.from_terms(cfg, base_nll, talk_nll, base_nll_for_reward, logprobs, talk_weights,
+                                      thought_tokens, hidden_states, output_hidden_states)

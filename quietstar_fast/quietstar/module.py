@@ -1,0 +1,195 @@
+"""``QuietStar``: a Quiet-STaR training wrapper around an HF Llama/Mistral/Qwen2 causal LM."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..hf import apply_quietstar_kernels
+from .config import QuietStarConfig
+from .objective import quietstar_objective
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+IMPLS = ("fast", "reference")
+
+
+@dataclass
+class QuietStarOutput:
+    """Everything one Quiet-STaR training call computes. Shapes use B' = B * n_passes rows."""
+
+    loss: torch.Tensor
+    nll_loss: torch.Tensor
+    policy_loss: torch.Tensor
+    base_nll: torch.Tensor  # (B', n-1)
+    talk_nll: list[torch.Tensor]  # T x (B', n-k)
+    base_nll_for_reward: list[torch.Tensor]  # T x (B', n-k), detached
+    reward_raw: torch.Tensor  # (B', window)
+    reward_baselined: torch.Tensor
+    reward_clamped: torch.Tensor
+    action_logprobs: torch.Tensor  # (K, B', n)
+    policy_loss_terms: torch.Tensor  # (K,)
+    talk_weights: torch.Tensor  # (S-1, B', n, 1): mixing weight at steps 1..S-1
+    thought_tokens: torch.Tensor  # (K, B', n)
+    hidden_states: torch.Tensor | None = None  # (S, B', n, D) when requested
+
+    @classmethod
+    def from_terms(cls, config: QuietStarConfig, base_nll, talk_nll, base_nll_for_reward, logprobs, talk_weights,
+                   thought_tokens, hidden_states, output_hidden_states: bool) -> "QuietStarOutput":
+        """Combine one call's per-step terms (lists over steps) into the objective and the output."""
+        rows, seq_len = base_nll.shape[0], base_nll.shape[1] + 1
+        action_logprobs = torch.stack(logprobs) if logprobs else base_nll.new_zeros(0, rows, seq_len)
+        objective = quietstar_objective(config, base_nll, talk_nll, base_nll_for_reward, action_logprobs)
+        empty_tokens = torch.zeros(0, rows, seq_len, dtype=torch.long, device=base_nll.device)
+        return cls(
+            loss=objective.loss, nll_loss=objective.nll_loss, policy_loss=objective.policy_loss, base_nll=base_nll,
+            talk_nll=talk_nll, base_nll_for_reward=base_nll_for_reward, reward_raw=objective.reward_raw,
+            reward_baselined=objective.reward_baselined, reward_clamped=objective.reward_clamped,
+            action_logprobs=action_logprobs, policy_loss_terms=objective.policy_loss_terms,
+            talk_weights=torch.stack(talk_weights),
+            thought_tokens=torch.stack(thought_tokens) if thought_tokens else empty_tokens,
+            hidden_states=torch.stack(hidden_states) if output_hidden_states else None,
+        )
+
+
+def build_talk_head(hidden_size: int, init_std: float) -> nn.ModuleList:
+    """The official mixing head: Linear(2D, D) - ReLU - Linear(D, D) - ReLU - Linear(D, 1, no bias), no sigmoid.
+
+    Wrapped in a ModuleList so parameter names match the official checkpoints (``talk_head.0.4.weight``). The first
+    two layers get HF's default init (normal(0, initializer_range), zero bias); the last is zero, so the mixing
+    weight starts at 0 and the model starts as the base model.
+    """
+    head = nn.Sequential(
+        nn.Linear(2 * hidden_size, hidden_size), nn.ReLU(),
+        nn.Linear(hidden_size, hidden_size), nn.ReLU(),
+        nn.Linear(hidden_size, 1, bias=False),
+    )
+    for layer in (head[0], head[2]):
+        nn.init.normal_(layer.weight, std=init_std)
+        nn.init.zeros_(layer.bias)
+    nn.init.zeros_(head[4].weight)
+    return nn.ModuleList([head])
+
+
+class QuietStar(nn.Module):
+    """Quiet-STaR (Zelikman et al. 2024) around an HF causal LM, as the official code trains it.
+
+    Args:
+        model: an HF ``LlamaForCausalLM`` / ``MistralForCausalLM`` / ``Qwen2ForCausalLM`` whose vocabulary already
+            holds the two meta tokens (``start_token_id``, ``end_token_id``); see ``add_thought_tokens``.
+        start_token_id, end_token_id: ids of <|startthought|> and <|endthought|>; never sampled.
+        init_token_id: the token whose input embedding initialises both meta embeddings (the official code uses the
+            first token of "---").
+        pad_token_id: labels equal to it are ignored, as in the official code (where pad = eos). Defaults to the
+            model config's pad id, else its eos id.
+        impl: "fast" (thought attention, one call for the T talk steps, fused LM-head ops) or "reference" (the
+            official computation: dense masks through stock SDPA attention with the KV cache, full logits). Both give
+            the same numbers; the attribute can be switched between calls.
+        kernel_impl: backend of the fused ops in the fast path ("auto", "triton", "torch").
+        Other keyword arguments set ``QuietStarConfig`` fields (n_ahead=12, n_ahead_talk=4, n_passes=2, ...).
+
+    The model's attention is switched to the "quietstar_thought" implementation (``apply_quietstar_kernels``),
+    which falls back to SDPA for ordinary calls, so the reference path and plain use of the model are unchanged.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        start_token_id: int,
+        end_token_id: int,
+        init_token_id: int,
+        pad_token_id: int | None = None,
+        impl: str = "fast",
+        kernel_impl: str = "auto",
+        **options,
+    ):
+        super().__init__()
+        model_type = getattr(model.config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model must be one of the {SUPPORTED_MODEL_TYPES} families, got model_type={model_type!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        vocab, hidden = model.get_input_embeddings().weight.shape
+        for name, token in (("start_token_id", start_token_id), ("end_token_id", end_token_id),
+                            ("init_token_id", init_token_id)):
+            if not 0 <= token < vocab:
+                raise ValueError(f"{name}={token} is outside the model's vocabulary of {vocab}")
+        options.setdefault("sliding_window", getattr(model.config, "sliding_window", None))
+        self.config = QuietStarConfig(**options)
+        self.model = apply_quietstar_kernels(model)
+        self.impl = impl
+        self.kernel_impl = kernel_impl
+        self.start_token_id, self.end_token_id = start_token_id, end_token_id
+        if pad_token_id is None:
+            pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else model.config.eos_token_id
+        self.pad_token_id = pad_token_id
+        # Row 0: the mean vector stored / embedding_scale; row 1: a log-std (used only by an option the official code
+        # leaves off). The x100 reparameterisation is kept: under Adam it is a 100x learning rate (official quirk).
+        embedding = model.get_input_embeddings().weight.detach()
+        scale = self.config.embedding_scale
+        init = torch.stack([embedding[init_token_id] / scale, torch.log(embedding.std(dim=0) * 1e-2 / scale)])
+        self.start_embedding = nn.Parameter(init.clone())
+        self.end_embedding = nn.Parameter(init.clone())
+        init_std = getattr(model.config, "initializer_range", 0.02)
+        self.talk_head = build_talk_head(hidden, init_std).to(device=embedding.device, dtype=embedding.dtype)
+
+    def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a state dict saved by the official code: base model weights (``model.*``, ``lm_head.weight``) plus
+        ``start_embedding``, ``end_embedding`` and ``talk_head.0.*``. Strict: every key must be used."""
+        own_prefixes = ("start_embedding", "end_embedding", "talk_head.")
+        base = {k: v for k, v in state_dict.items() if not k.startswith(own_prefixes)}
+        own = {k: v for k, v in state_dict.items() if k.startswith(own_prefixes)}
+        self.model.load_state_dict(base, strict=True)
+        missing, unexpected = nn.Module.load_state_dict(self, {**own, **{f"model.{k}": v for k, v in base.items()}},
+                                                        strict=False)
+        if unexpected or any(not k.startswith("model.") for k in missing):
+            raise ValueError(f"state_dict does not match: missing {missing}, unexpected {unexpected}")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        gumbel_noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        output_hidden_states: bool = False,
+    ) -> QuietStarOutput:
+        """One training call.
+
+        Args:
+            input_ids: (B, n) right-padded token ids.
+            attention_mask: (B, n), 1 = real token; defaults to all ones.
+            gumbel_noise: (N-3, B*n_passes, n, V) noise added to the logits of thought step k, exactly as the
+                official code adds its noise; without it, noise comes from ``generator`` (torch's default if None).
+        """
+        from .fast import fast_forward
+        from .reference import reference_forward
+
+        input_ids, attention_mask = self._check_inputs(input_ids, attention_mask, gumbel_noise)
+        run = fast_forward if self.impl == "fast" else reference_forward
+        return run(self, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states)
+
+    def _check_inputs(self, input_ids, attention_mask, gumbel_noise):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {getattr(input_ids, 'shape', input_ids)}")
+        batch, seq_len = input_ids.shape
+        max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        last_position = seq_len - 1 + self.config.num_steps - 1
+        if max_positions is not None and last_position >= max_positions:
+            raise ValueError(f"seq_len {seq_len} plus {self.config.num_steps - 1} thought steps reaches position "
+                             f"{last_position}, beyond the model's max_position_embeddings={max_positions}")
+        if seq_len < self.config.n_ahead_talk + 2:
+            raise ValueError(f"seq_len {seq_len} is too short for n_ahead_talk={self.config.n_ahead_talk}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if tuple(attention_mask.shape) != (batch, seq_len):
+            raise ValueError(f"attention_mask must have shape {(batch, seq_len)}, got {tuple(attention_mask.shape)}")
+        mask = attention_mask.bool()
+        if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+            raise ValueError("attention_mask must be right-padded (ones, then zeros), as the official collator pads")
+        if gumbel_noise is not None:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            expected = (self.config.num_thought_tokens, batch * self.config.n_passes, seq_len, vocab)
+            if tuple(gumbel_noise.shape) != expected:
+                raise ValueError(f"gumbel_noise must have shape {expected}, got {tuple(gumbel_noise.shape)}")
+        return input_ids, attention_mask

@@ -1,0 +1,231 @@
+"""The Quiet-STaR training call: the reference reproduces the official implementation's numbers, the fast path
+reproduces the reference on Llama, Mistral and Qwen2 models, and bad input is refused clearly."""
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the HF integration tests need transformers")
+
+from quietstar_fast import QuietStar, apply_quietstar_kernels, revert_quietstar_kernels  # noqa: E402
+
+DATA = torch.load(Path(__file__).parent / "data" / "official_quietstar_tiny.pt", weights_only=True)
+SIZES = DATA["meta"]["sizes"]
+OWN = ("start_embedding", "end_embedding", "talk_head.")
+
+
+def _official_model(**quietstar_options) -> QuietStar:
+    """The test vector's tiny Mistral (its README gives the config), wrapped with the official hyperparameters."""
+    config = transformers.MistralConfig(
+        vocab_size=302, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=1e4, sliding_window=4096,
+        tie_word_embeddings=False, pad_token_id=2, eos_token_id=2, bos_token_id=1, attn_implementation="sdpa",
+    )
+    ids = DATA["meta"]["token_ids"]
+    return QuietStar(transformers.MistralForCausalLM(config), start_token_id=ids["startthought"],
+                     end_token_id=ids["endthought"], init_token_id=ids["dash(---)"], n_ahead=SIZES["N"],
+                     n_ahead_talk=SIZES["T"], n_passes=SIZES["P"], **quietstar_options)
+
+
+def _parameter(model: QuietStar, official_name: str) -> torch.nn.Parameter:
+    name = official_name if official_name.startswith(OWN) else f"model.{official_name}"
+    return dict(model.named_parameters())[name]
+
+
+def _check_against_official(case_name: str, impl: str, kernel_impl: str, rtol: float, grad_rtol: float):
+    case = DATA["cases"][case_name]
+    model = _official_model(impl=impl, kernel_impl=kernel_impl)
+    model.load_official_state_dict(case["state_dict"])
+    out = model(case["input_ids"], case["attention_mask"], gumbel_noise=case["gumbel_noise"],
+                output_hidden_states=True)
+    out.loss.backward()
+    assert torch.equal(out.thought_tokens, case["thought_tokens"])
+    close = dict(rtol=rtol, atol=rtol)
+    torch.testing.assert_close(out.hidden_states, case["hidden_states"], **close)
+    torch.testing.assert_close(out.talk_weights, case["talk_weights"], **close)
+    torch.testing.assert_close(out.base_nll, case["base_nll"], **close)
+    for ours, official in zip(out.talk_nll, case["talk_nll"], strict=True):
+        torch.testing.assert_close(ours, official, **close)
+    for ours, official in zip(out.base_nll_for_reward, case["base_nll_for_reward"], strict=True):
+        torch.testing.assert_close(ours, official, **close)
+    torch.testing.assert_close(out.action_logprobs[:, :, :-1], case["action_logprobs"], **close)
+    for field in ("reward_raw", "reward_baselined", "reward_clamped"):
+        torch.testing.assert_close(getattr(out, field), case[field], **close)
+    torch.testing.assert_close(out.nll_loss, case["nll_loss"], **close)
+    # The policy loss is scaled by 1e6: compare it, and the gradients it dominates, relatively.
+    torch.testing.assert_close(out.policy_loss, case["policy_loss"], rtol=grad_rtol, atol=grad_rtol)
+    torch.testing.assert_close(out.loss, case["total_loss"], rtol=grad_rtol, atol=grad_rtol)
+    for name, official in case["grads"].items():
+        grad = _parameter(model, name).grad
+        assert grad is not None, name
+        relative = float((grad - official).norm() / official.norm().clamp_min(1e-30))
+        assert relative <= grad_rtol, f"{name}: relative gradient error {relative:.2e} > {grad_rtol:.0e}"
+
+
+@pytest.mark.parametrize("case_name", ["official_init", "nonzero"])
+def test_reference_reproduces_the_official_code(case_name):
+    # Same operations in the same order on CPU fp32: the reference matches to the last bits.
+    _check_against_official(case_name, "reference", "auto", rtol=1e-6, grad_rtol=1e-6)
+
+
+@pytest.mark.parametrize("case_name", ["official_init", "nonzero"])
+def test_fast_path_reproduces_the_official_code(case_name):
+    # Different (equally valid) summation orders move NLLs by ~1e-6; the 1e6-scaled policy terms and the gradients
+    # they dominate by ~1e-4 relative (the test vector's README: switching SDPA to eager alone moves them that much).
+    _check_against_official(case_name, "fast", "torch", rtol=1e-5, grad_rtol=2e-4)
+
+
+def test_fast_path_with_triton_kernels_reproduces_the_official_code():
+    _check_against_official("nonzero", "fast", "triton", rtol=1e-5, grad_rtol=3e-4)
+
+
+def test_every_parameter_gets_the_official_gradient_set():
+    case = DATA["cases"]["nonzero"]
+    model = _official_model(impl="reference")
+    model.load_official_state_dict(case["state_dict"])
+    model(case["input_ids"], case["attention_mask"], gumbel_noise=case["gumbel_noise"]).loss.backward()
+    official_names = set(case["grads"])
+    ours = {name if name.startswith(OWN) else name.removeprefix("model.") for name, _ in model.named_parameters()}
+    assert ours == official_names
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_meta_embedding_init_matches_the_official_lazy_init():
+    state = DATA["cases"]["official_init"]["state_dict"]
+    model = _official_model()
+    model.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(OWN)})
+    fresh = QuietStar(model.model, start_token_id=300, end_token_id=301, init_token_id=7, n_ahead=6, n_ahead_talk=3)
+    torch.testing.assert_close(fresh.start_embedding.detach(), state["start_embedding"], rtol=0, atol=0)
+    torch.testing.assert_close(fresh.end_embedding.detach(), state["end_embedding"], rtol=0, atol=0)
+    assert torch.count_nonzero(fresh.talk_head[0][4].weight) == 0
+
+
+# ---- fast vs reference on the three supported families --------------------------------------------------------
+
+FAMILIES = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": 7}),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
+}
+
+
+def _tiny_pair(family: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    config_cls, model_cls, extra = FAMILIES[family]
+    config = config_cls(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                        tie_word_embeddings=False, pad_token_id=0, eos_token_id=0, attn_implementation="sdpa",
+                        **extra)
+    models = []
+    for impl in ("reference", "fast"):
+        torch.manual_seed(seed)
+        quiet = QuietStar(model_cls(config), start_token_id=95, end_token_id=96, init_token_id=5, n_ahead=5,
+                          n_ahead_talk=3, n_passes=2, impl=impl, kernel_impl="torch")
+        with torch.no_grad():  # a non-zero mixing head, so rewards and the policy loss are non-zero
+            quiet.talk_head[0][4].weight.normal_(0, 1.0)
+        models.append(quiet.to(dtype))
+    return models
+
+
+def _run_step(model: QuietStar, dtype: torch.dtype):
+    torch.manual_seed(1)
+    ids = torch.randint(1, 95, (2, 16))
+    mask = torch.ones_like(ids)
+    ids[1, 11:] = 0  # right padding, as the official collator pads
+    mask[1, 11:] = 0
+    noise = -torch.empty(2, 4, 16, 97).exponential_().log()
+    out = model(ids, mask, gumbel_noise=noise.to(dtype))
+    out.loss.backward()
+    return out, {name: p.grad for name, p in model.named_parameters()}
+
+
+FIELDS = ("loss", "nll_loss", "policy_loss", "base_nll", "reward_raw", "reward_clamped", "action_logprobs",
+          "talk_weights")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fast_equals_reference_in_float64(family):
+    """In fp64 the two paths differ only by summation order: they agree to ~1e-12, so the fast path computes the
+    same function (thought tokens, every loss part, every parameter gradient)."""
+    reference, fast = _tiny_pair(family, dtype=torch.float64)
+    (ref, ref_grads), (got, got_grads) = _run_step(reference, torch.float64), _run_step(fast, torch.float64)
+    assert torch.equal(ref.thought_tokens, got.thought_tokens)
+    assert float(ref.policy_loss.detach()) != 0.0
+    for field in FIELDS:
+        torch.testing.assert_close(getattr(got, field), getattr(ref, field), rtol=1e-9, atol=1e-9, msg=field)
+    for ref_part, got_part in zip(ref.talk_nll, got.talk_nll, strict=True):
+        torch.testing.assert_close(got_part, ref_part, rtol=1e-9, atol=1e-9)
+    for name, grad in ref_grads.items():
+        relative = float((got_grads[name] - grad).norm() / grad.norm().clamp_min(1e-300))
+        assert relative <= 1e-9, f"{family} {name}: relative gradient difference {relative:.2e}"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fast_matches_reference_in_float32(family):
+    """fp32: the fast path's error against the fp64 reference is at most twice the fp32 reference's own error plus
+    1e-4 relative (FlashAttention's rule): the 1e6-weighted policy term amplifies rounding in both paths alike."""
+    reference64, _ = _tiny_pair(family, dtype=torch.float64)
+    reference, fast = _tiny_pair(family)
+    oracle, oracle_grads = _run_step(reference64, torch.float64)
+    (ref, ref_grads), (got, got_grads) = _run_step(reference, torch.float32), _run_step(fast, torch.float32)
+    assert torch.equal(oracle.thought_tokens, got.thought_tokens)
+
+    def check(name, ours, baseline, truth, floor=0.0):
+        truth = truth.detach().double()
+        error = float((ours.detach().double() - truth).norm())
+        bound = 2 * float((baseline.detach().double() - truth).norm()) + 1e-4 * float(truth.norm()) + floor
+        assert error <= bound, f"{family} {name}: error {error:.3g} > bound {bound:.3g}"
+
+    for field in FIELDS:
+        check(field, getattr(got, field), getattr(ref, field), getattr(oracle, field))
+    # Gradients that are nearly zero in exact arithmetic (e.g. key biases) carry only rounding noise, whose size is set
+    # by the whole gradient: fp32 rounding at the global gradient norm is the floor.
+    global_norm = float(torch.cat([g.flatten() for g in oracle_grads.values()]).norm())
+    for name, grad in oracle_grads.items():
+        check(name, got_grads[name], ref_grads[name], grad, floor=torch.finfo(torch.float32).eps * global_norm)
+
+
+def test_generated_noise_runs_and_is_seeded():
+    _, fast = _tiny_pair("llama")
+    ids = torch.randint(1, 95, (2, 12))
+    draws = [fast(ids, generator=torch.Generator().manual_seed(3)).thought_tokens for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.isin(draws[0], torch.tensor([95, 96])).any()
+
+
+def test_kernels_apply_and_revert_leave_ordinary_calls_unchanged():
+    config_cls, model_cls, _ = FAMILIES["llama"]
+    config = config_cls(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")
+    model = model_cls(config)
+    ids = torch.randint(0, 50, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    before = model(ids, attention_mask=mask).logits
+    apply_quietstar_kernels(model)
+    assert model.config._attn_implementation == "quietstar_thought"
+    torch.testing.assert_close(model(ids, attention_mask=mask).logits, before)
+    revert_quietstar_kernels(model)
+    assert model.config._attn_implementation == "sdpa"
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------------
+
+def test_bad_input_is_refused():
+    reference, _ = _tiny_pair("llama")
+    model = reference.model
+    with pytest.raises(ValueError, match="model_type"):
+        QuietStar(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2)),
+                  start_token_id=0, end_token_id=1, init_token_id=2)
+    with pytest.raises(ValueError, match="n_ahead must be at least 3"):
+        QuietStar(model, start_token_id=95, end_token_id=96, init_token_id=5, n_ahead=2)
+    with pytest.raises(ValueError, match="end_token_id=200 is outside"):
+        QuietStar(model, start_token_id=95, end_token_id=200, init_token_id=5)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        QuietStar(model, start_token_id=95, end_token_id=96, init_token_id=5, impl="turbo")
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        reference(torch.randint(1, 95, (1, 125)))
+    left_padded = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]])
+    with pytest.raises(ValueError, match="right-padded"):
+        reference(torch.randint(1, 95, (1, 8)), left_padded)
+    with pytest.raises(ValueError, match="gumbel_noise must have shape"):
+        reference(torch.randint(1, 95, (1, 8)), gumbel_noise=torch.zeros(2, 2, 8, 96))
