@@ -4,8 +4,8 @@
 call made with ``**thought_call_kwargs(ThoughtLayout(...))`` (transformers forwards extra keyword arguments to the
 attention function) runs ``thought_attention`` over the model's KV cache, which holds exactly the official layout
 [prefix n | stream step 1 | ...], and builds no mask; any other call falls back to PyTorch SDPA with the usual
-padding-aware mask, so the model keeps working for ordinary use. ``revert_quietstar_kernels(model)`` restores the previous
-implementation. The name avoids "flash" (transformers treats such names as flash-attn kernels).
+padding-aware mask, so the model keeps working for ordinary use. ``revert_quietstar_kernels(model)`` restores the
+previous implementation. The name avoids "flash" (transformers treats such names as flash-attn kernels).
 """
 from __future__ import annotations
 

@@ -52,6 +52,13 @@ class QuietStarOutput:
         )
 
 
+def _model_sliding_window(config) -> int | None:
+    """The attention window the model applies (Qwen2 configs carry one that ``use_sliding_window`` switches off)."""
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    return getattr(config, "sliding_window", None)
+
+
 def build_talk_head(hidden_size: int, init_std: float) -> nn.ModuleList:
     """The official mixing head: Linear(2D, D) - ReLU - Linear(D, D) - ReLU - Linear(D, 1, no bias), no sigmoid.
 
@@ -107,7 +114,9 @@ class QuietStar(nn.Module):
         super().__init__()
         model_type = getattr(model.config, "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"model must be one of the {SUPPORTED_MODEL_TYPES} families, got model_type={model_type!r}")
+            raise ValueError(
+                f"model must be one of the {SUPPORTED_MODEL_TYPES} families, got model_type={model_type!r}"
+            )
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         vocab, hidden = model.get_input_embeddings().weight.shape
@@ -115,14 +124,16 @@ class QuietStar(nn.Module):
                             ("init_token_id", init_token_id)):
             if not 0 <= token < vocab:
                 raise ValueError(f"{name}={token} is outside the model's vocabulary of {vocab}")
-        options.setdefault("sliding_window", getattr(model.config, "sliding_window", None))
+        options.setdefault("sliding_window", _model_sliding_window(model.config))
         self.config = QuietStarConfig(**options)
         self.model = apply_quietstar_kernels(model)
         self.impl = impl
         self.kernel_impl = kernel_impl
         self.start_token_id, self.end_token_id = start_token_id, end_token_id
         if pad_token_id is None:
-            pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else model.config.eos_token_id
+            pad_token_id = model.config.pad_token_id
+            if pad_token_id is None:
+                pad_token_id = model.config.eos_token_id
         self.pad_token_id = pad_token_id
         # Row 0: the mean vector stored / embedding_scale; row 1: a log-std (used only by an option the official code
         # leaves off). The x100 reparameterisation is kept: under Adam it is a 100x learning rate (official quirk).
@@ -171,7 +182,8 @@ class QuietStar(nn.Module):
 
     def _check_inputs(self, input_ids, attention_mask, gumbel_noise):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {getattr(input_ids, 'shape', input_ids)}")
+            shape = getattr(input_ids, "shape", input_ids)
+            raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {shape}")
         batch, seq_len = input_ids.shape
         max_positions = getattr(self.model.config, "max_position_embeddings", None)
         last_position = seq_len - 1 + self.config.num_steps - 1
