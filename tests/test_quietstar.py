@@ -229,3 +229,50 @@ def test_bad_input_is_refused():
         reference(torch.randint(1, 95, (1, 8)), left_padded)
     with pytest.raises(ValueError, match="gumbel_noise must have shape"):
         reference(torch.randint(1, 95, (1, 8)), gumbel_noise=torch.zeros(2, 2, 8, 96))
+
+
+# ---- thinking generation -----------------------------------------------------------------------------------------
+
+def _uncached_next_token(quiet: QuietStar, prefix: torch.Tensor, thought: torch.Tensor) -> torch.Tensor:
+    """The greedy next token recomputed from scratch: [prefix, start, thought, end] in one causal pass."""
+    embed = quiet.model.get_input_embeddings()
+    scale = quiet.config.embedding_scale
+    batch = prefix.shape[0]
+    parts = [embed(prefix), (scale * quiet.start_embedding[0]).expand(batch, 1, -1), embed(thought),
+             (scale * quiet.end_embedding[0]).expand(batch, 1, -1)]
+    hidden = quiet.model.get_decoder()(inputs_embeds=torch.cat(parts, dim=1)).last_hidden_state
+    base, thought_end = hidden[:, prefix.shape[1] - 1], hidden[:, -1]
+    weight = quiet.talk_head[0](torch.cat([base, thought_end], dim=-1))
+    logits = ((1 - weight) * base + weight * thought_end) @ quiet.model.get_output_embeddings().weight.T
+    logits[:, [quiet.start_token_id, quiet.end_token_id]] = float("-inf")
+    return logits.argmax(dim=-1)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_generation_with_a_kept_cache_equals_recomputing_from_scratch(family):
+    _, fast = _tiny_pair(family)
+    prompt = torch.randint(1, 95, (2, 7))
+    out = fast.generate(prompt, max_new_tokens=4, eos_token_id=None, generator=torch.Generator().manual_seed(0))
+    assert out.sequences.shape == (2, 11) and out.thoughts.shape == (2, 4, fast.config.num_thought_tokens)
+    assert torch.equal(out.sequences[:, :7], prompt)
+    with torch.no_grad():
+        for t in range(4):
+            prefix = out.sequences[:, :7 + t]
+            assert torch.equal(_uncached_next_token(fast, prefix, out.thoughts[:, t]), out.sequences[:, 7 + t])
+
+
+def test_generation_never_emits_meta_tokens_and_stops_at_eos():
+    _, fast = _tiny_pair("llama")
+    with torch.no_grad():  # make the delimiters the most likely tokens: they must still never be emitted
+        weight = fast.model.get_output_embeddings().weight
+        weight[[95, 96]] = weight[[95, 96]] * 50
+    prompt = torch.randint(1, 95, (3, 5))
+    out = fast.generate(prompt, max_new_tokens=6, do_sample=True, eos_token_id=None,
+                        generator=torch.Generator().manual_seed(1))
+    assert out.sequences.shape == (3, 11)
+    assert not torch.isin(out.sequences[:, 5:], torch.tensor([95, 96])).any()
+    assert not torch.isin(out.thoughts, torch.tensor([95, 96])).any()
+    with torch.no_grad():  # all-zero logits: greedy picks id 0, the eos here, so every row stops at once
+        weight.zero_()
+    out = fast.generate(prompt, max_new_tokens=6, eos_token_id=0)
+    assert out.sequences.shape == (3, 6) and torch.all(out.sequences[:, -1] == 0)

@@ -180,6 +180,19 @@ class QuietStar(nn.Module):
         run = fast_forward if self.impl == "fast" else reference_forward
         return run(self, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states)
 
+    def generate(self, input_ids: torch.Tensor, *, max_new_tokens: int = 32, do_sample: bool = False,
+                 temperature: float = 1.0, eos_token_id: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Thinking generation: before each new token, a thought (start, N-3 sampled tokens, end) on top of a KV
+        cache kept across tokens, and the mixed prediction. ``input_ids``: (B, L) prompts of equal length (no
+        padding). Stops after ``max_new_tokens`` or when every row has emitted ``eos_token_id`` (default: the
+        model's). Never emits the thought delimiters. Returns ``GenerateOutput(sequences (B, L + new), thoughts
+        (B, new, N-3))``."""
+        from .generate import generate
+
+        return generate(self, input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                        eos_token_id=eos_token_id, generator=generator)
+
     def _check_inputs(self, input_ids, attention_mask, gumbel_noise):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             shape = getattr(input_ids, "shape", input_ids)
