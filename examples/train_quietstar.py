@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 
-from quietstar_fast import QuietStar
+from quietstar_fast import QuietStar, add_thought_tokens
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-META_TOKENS = ("<|startthought|>", "<|endthought|>")
 
 
 @dataclass
@@ -54,24 +53,15 @@ def build_tiny_model(text: str, seed: int = 0) -> LoadedModel:
                        vocab["-"], 0)
 
 
-def _with_thought_tokens(model, tokenizer) -> LoadedModel:
-    """Add <|startthought|>/<|endthought|> to the tokenizer and grow the embeddings, as the official code does."""
-    tokenizer.add_special_tokens({"additional_special_tokens": list(META_TOKENS)})
-    model.resize_token_embeddings(len(tokenizer))
-    start_id, end_id = tokenizer.convert_tokens_to_ids(list(META_TOKENS))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    init_id = tokenizer.encode("---", add_special_tokens=False)[0]
-    return LoadedModel(model, lambda s: tokenizer.encode(s, add_special_tokens=False), start_id, end_id, init_id,
-                       pad_id)
-
-
 def load_hf_model(path: str, dtype: torch.dtype, gguf_file: str | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=dtype,
                                                  attn_implementation="sdpa")
-    return _with_thought_tokens(model, tokenizer)
+    ids = add_thought_tokens(model, tokenizer)
+    return LoadedModel(model, lambda s: tokenizer.encode(s, add_special_tokens=False), ids.start, ids.end, ids.init,
+                       ids.pad)
 
 
 def smollm2_location() -> tuple[str, str]:
@@ -112,7 +102,8 @@ def train(args: argparse.Namespace) -> list[dict]:
     if args.tiny:
         loaded = build_tiny_model(text, args.seed)
     elif args.smollm2:
-        loaded = load_hf_model(*smollm2_location(), dtype=torch.float32)
+        directory, gguf_file = smollm2_location()
+        loaded = load_hf_model(directory, torch.float32, gguf_file)  # dequantised from Q4_1 to fp32
     else:
         loaded = load_hf_model(args.model, dtype)
     model = loaded.model.to(device=device, dtype=dtype)

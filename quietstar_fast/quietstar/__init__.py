@@ -1,4 +1,5 @@
 from .config import QuietStarConfig
 from .module import QuietStar, QuietStarOutput
+from .tokens import ThoughtTokenIds, add_thought_tokens
 
-__all__ = ["QuietStar", "QuietStarConfig", "QuietStarOutput"]
+__all__ = ["QuietStar", "QuietStarConfig", "QuietStarOutput", "ThoughtTokenIds", "add_thought_tokens"]

@@ -9,6 +9,7 @@ from torch import nn
 from ..hf import apply_quietstar_kernels
 from .config import QuietStarConfig
 from .objective import quietstar_objective
+from .tokens import END_THOUGHT, INIT_TEXT, START_THOUGHT
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 IMPLS = ("fast", "reference")
@@ -52,6 +53,21 @@ class QuietStarOutput:
         )
 
 
+def _ids_from_tokenizer(tokenizer, start, end, init, pad):
+    """Fill the ids not given from the tokenizer; the delimiters must have been added (``add_thought_tokens``)."""
+    if start is None or end is None:
+        looked_up = tokenizer.convert_tokens_to_ids([START_THOUGHT, END_THOUGHT])
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in looked_up or None in looked_up:
+            raise ValueError("the tokenizer has no thought delimiters: call add_thought_tokens(model, tokenizer) first")
+        start = looked_up[0] if start is None else start
+        end = looked_up[1] if end is None else end
+    if init is None:
+        init = tokenizer.encode(INIT_TEXT, add_special_tokens=False)[0]
+    if pad is None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return start, end, init, pad
+
+
 def _model_sliding_window(config) -> int | None:
     """The attention window the model applies (Qwen2 configs carry one that ``use_sliding_window`` switches off)."""
     if getattr(config, "use_sliding_window", True) is False:
@@ -87,6 +103,8 @@ class QuietStar(nn.Module):
         start_token_id, end_token_id: ids of <|startthought|> and <|endthought|>; never sampled.
         init_token_id: the token whose input embedding initialises both meta embeddings (the official code uses the
             first token of "---").
+        tokenizer: an HF tokenizer to take the ids not given from: the delimiters (after ``add_thought_tokens``), the
+            first token of "---" and the pad id.
         pad_token_id: labels equal to it are ignored, as in the official code (where pad = eos). Defaults to the
             model config's pad id, else its eos id.
         impl: "fast" (thought attention, one call for the T talk steps, fused LM-head ops) or "reference" (the
@@ -103,10 +121,11 @@ class QuietStar(nn.Module):
         self,
         model: nn.Module,
         *,
-        start_token_id: int,
-        end_token_id: int,
-        init_token_id: int,
+        start_token_id: int | None = None,
+        end_token_id: int | None = None,
+        init_token_id: int | None = None,
         pad_token_id: int | None = None,
+        tokenizer=None,
         impl: str = "fast",
         kernel_impl: str = "auto",
         **options,
@@ -119,9 +138,14 @@ class QuietStar(nn.Module):
             )
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        if tokenizer is not None:
+            start_token_id, end_token_id, init_token_id, pad_token_id = _ids_from_tokenizer(
+                tokenizer, start_token_id, end_token_id, init_token_id, pad_token_id)
         vocab, hidden = model.get_input_embeddings().weight.shape
         for name, token in (("start_token_id", start_token_id), ("end_token_id", end_token_id),
                             ("init_token_id", init_token_id)):
+            if token is None:
+                raise ValueError(f"{name} is required (or pass tokenizer= to look it up)")
             if not 0 <= token < vocab:
                 raise ValueError(f"{name}={token} is outside the model's vocabulary of {vocab}")
         options.setdefault("sliding_window", _model_sliding_window(model.config))
