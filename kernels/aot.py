@@ -26,7 +26,7 @@ _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "
 _POINTER_TYPES = {
     "LSE": "*fp32", "DELTA": "*fp32", "DLSE": "*fp32", "COEF": "*fp32", "NOISE": "*fp32",
     "PART_MAX": "*fp32", "PART_SUM": "*fp32", "PART_PICK": "*fp32", "PART_BEST": "*fp32", "PART_INDEX": "*i32",
-    "VALID": "*i8", "BANNED": "*i8", "TARGETS": "*i64",
+    "VALID": "*i8", "BANNED": "*i8", "TARGETS": "*i64", "SEED": "*i64",
 }
 _FLOAT_SCALARS = {"sm_scale", "inv_t", "sample_scale"}
 

@@ -36,6 +36,12 @@ def launchable_variants():
                                          has_banned=has_banned))
 
 
+def _or_unused(tensor: torch.Tensor | None, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    """A pointer argument that a kernel variant does not read still needs the element type the kernel is compiled
+    (and ahead-of-time checked) for: stand in with a one-element tensor of that type."""
+    return tensor if tensor is not None else torch.empty(1, dtype=dtype, device=like.device)
+
+
 def _num_splits(num_rows: int, vocab: int, block_m: int, block_v: int, device: torch.device, interpret: bool) -> int:
     """Vocabulary slices per row block: enough programs to fill the GPU when rows alone are too few."""
     tiles = triton.cdiv(vocab, block_v)
@@ -51,7 +57,7 @@ def linear_softmax_forward(
     *,
     targets: torch.Tensor | None,
     noise: torch.Tensor | None,
-    seed: int | None,
+    seed: torch.Tensor | None,
     banned: torch.Tensor | None,
     inv_t: float,
     sample_scale: float,
@@ -61,7 +67,7 @@ def linear_softmax_forward(
 
     Returns lse (N,) fp32 of z * inv_t (banned ids at -1e10), the picked logit z[target] (N,) fp32, and, when
     ``targets`` is None, the Gumbel-max tokens argmax(z * sample_scale + g) (N,) int64 with g from ``noise`` (N, V)
-    or, if that is None, from Philox seeded with ``seed``.
+    or, if that is None, from Philox seeded with ``seed`` (a one-element int64 tensor on the inputs' device).
     """
     num_rows, hidden_dim = hidden.shape
     vocab = weight.shape[0]
@@ -75,20 +81,18 @@ def linear_softmax_forward(
     part_max = torch.empty(num_rows, splits, **f32)
     part_sum = torch.empty(num_rows, splits, **f32)
     part_pick = torch.empty(num_rows, splits, **f32)
-    part_best = torch.empty(num_rows, splits, **f32) if sample else part_max
-    part_index = torch.empty(num_rows, splits, dtype=torch.int32, device=hidden.device) if sample else part_max
-    placeholder = part_max  # pointer arguments a mode does not read
-    if noise is not None:
-        noise = noise.to(torch.float32)
+    part_best = torch.empty(num_rows, splits, **f32) if sample else None
+    part_index = torch.empty(num_rows, splits, dtype=torch.int32, device=hidden.device) if sample else None
+    noise = noise.to(torch.float32) if noise is not None else None
     linear_softmax_fwd_kernel[(triton.cdiv(num_rows, cfg.block_m), splits)](
         hidden, weight,
-        targets if targets is not None else placeholder,
-        noise if noise is not None else placeholder,
-        banned if banned is not None else placeholder,
-        part_max, part_sum, part_pick, part_best, part_index,
+        _or_unused(targets, torch.int64, hidden), _or_unused(noise, torch.float32, hidden),
+        _or_unused(seed, torch.int64, hidden), _or_unused(banned, torch.int8, hidden),
+        part_max, part_sum, part_pick, _or_unused(part_best, torch.float32, hidden),
+        _or_unused(part_index, torch.int32, hidden),
         num_rows, vocab, hidden_dim, hidden.stride(0), weight.stride(0),
         noise.stride(0) if noise is not None else 0, vocab_per_split,
-        inv_t, sample_scale, seed if seed is not None else 0,
+        inv_t, sample_scale,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts,
     )
     row_max = part_max.amax(dim=1)
@@ -117,7 +121,7 @@ def linear_softmax_grad(
     grad = torch.empty(rows, vocab, dtype=hidden.dtype, device=hidden.device)
     consts, cfg = kernel_constants("lm_grad", hidden.dtype, has_banned=banned is not None, interpret=interpret)
     linear_softmax_grad_kernel[(triton.cdiv(rows, cfg.block_m), triton.cdiv(vocab, cfg.block_v))](
-        hidden, weight, lse, targets, coef, banned if banned is not None else lse, grad,
+        hidden, weight, lse, targets, coef, _or_unused(banned, torch.int8, hidden), grad,
         rows, vocab, hidden_dim, hidden.stride(0), weight.stride(0), grad.stride(0), inv_t,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts,
     )

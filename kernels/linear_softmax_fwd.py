@@ -5,7 +5,8 @@ the hidden dim and keeps, per row, an online max / sum of exp(z * inv_t) (the lo
 1/inv_t), plus
   - the target's logit (cross-entropy mode), or
   - the running Gumbel-max sample argmax(z * sample_scale + g) and the logit it picked (sampling mode), the noise
-    g read from a tensor or drawn in-kernel from Philox (never stored).
+    g read from a tensor or drawn in-kernel from Philox (never stored), seeded from a device tensor so that drawing
+    the seed never waits for the GPU.
 Partial results per slice are merged by the launcher (a few floats per row). Banned ids (e.g. the thought
 delimiters when sampling) get the logit -1e10 like the official code: never sampled, no probability, no gradient.
 """
@@ -17,10 +18,10 @@ from .linear_softmax_common import BANNED_LOGIT, logit_tile
 
 @triton.jit
 def linear_softmax_fwd_kernel(
-    H, W, TARGETS, NOISE, BANNED,
+    H, W, TARGETS, NOISE, SEED, BANNED,
     PART_MAX, PART_SUM, PART_PICK, PART_BEST, PART_INDEX,
     num_rows, vocab, hidden, stride_h, stride_w, stride_noise, vocab_per_split,
-    inv_t, sample_scale, seed,
+    inv_t, sample_scale,
     SAMPLE: tl.constexpr, NOISE_FROM_SEED: tl.constexpr, HAS_BANNED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -56,7 +57,7 @@ def linear_softmax_fwd_kernel(
         if SAMPLE:
             if NOISE_FROM_SEED:
                 offsets = rows.to(tl.int64)[:, None] * vocab + offs_v[None, :]
-                uniform = tl.rand(seed, offsets)
+                uniform = tl.rand(tl.load(SEED), offsets)
                 # Gumbel(0, 1) = -log(Exp(1)), as torch's gumbel_softmax draws it.
                 noise = -tl.log(-tl.log(uniform))
             else:

@@ -35,8 +35,9 @@ def triton_backend() -> Backend:
     def forward(hidden, weight, targets, noise, generator, banned, inv_t, sample_scale):
         seed = None
         if targets is None and noise is None:
-            device = generator.device if generator is not None else torch.device("cpu")
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
+            # Drawn where the generator lives and kept on the device: no host synchronisation.
+            device = generator.device if generator is not None else hidden.device
+            seed = torch.randint(0, 2**62, (1,), generator=generator, device=device).to(hidden.device)
         return linear_softmax_forward(hidden.contiguous(), weight.contiguous(), targets=targets, noise=noise,
                                       seed=seed, banned=banned, inv_t=inv_t, sample_scale=sample_scale,
                                       interpret=interpret)
