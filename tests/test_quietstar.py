@@ -1,5 +1,6 @@
 """The Quiet-STaR training call: the reference reproduces the official implementation's numbers, the fast path
 reproduces the reference on Llama, Mistral and Qwen2 models, and bad input is refused clearly."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,20 @@ def test_fast_matches_reference_in_float32(family):
     global_norm = float(torch.cat([g.flatten() for g in oracle_grads.values()]).norm())
     for name, grad in oracle_grads.items():
         check(name, got_grads[name], ref_grads[name], grad, floor=torch.finfo(torch.float32).eps * global_norm)
+
+
+def test_sample_temperature_switch_is_honoured_by_both_paths():
+    """The official quirk (temperature-1 sampling) is the default; the fix changes the thoughts in both paths alike."""
+    reference, fast = _tiny_pair("llama", dtype=torch.float64)
+    ids = torch.randint(1, 95, (2, 12))
+    noise = -torch.empty(2, 4, 12, 97, dtype=torch.float64).exponential_().log()
+    default = fast(ids, gumbel_noise=noise).thought_tokens
+    for model in (reference, fast):
+        model.config = dataclasses.replace(model.config, sample_temperature=0.25)
+    hot_reference, hot_fast = reference(ids, gumbel_noise=noise), fast(ids, gumbel_noise=noise)
+    assert torch.equal(hot_reference.thought_tokens, hot_fast.thought_tokens)
+    assert not torch.equal(hot_fast.thought_tokens, default)
+    torch.testing.assert_close(hot_fast.loss, hot_reference.loss, rtol=1e-9, atol=1e-9)
 
 
 def test_generated_noise_runs_and_is_seeded():

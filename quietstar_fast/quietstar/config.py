@@ -18,6 +18,8 @@ class QuietStarConfig:
         embedding_scale: the start/end embeddings are stored divided by this and used multiplied by it (100).
         reward_window_off_by_one: score positions i <= n-2-T as the official code does (True), or i <= n-1-T.
         remove_negative_rewards: clamp the baselined reward at 0 (official: True).
+        sample_temperature: None samples thoughts at temperature 1, as the official code does whatever its Gumbel
+            tau (its hard Gumbel-softmax ignores tau); a number samples from softmax(z / sample_temperature), a fix.
         sliding_window: the model's attention window W for the mask (None = none).
     """
 
@@ -30,6 +32,7 @@ class QuietStarConfig:
     embedding_scale: float = 100.0
     reward_window_off_by_one: bool = True
     remove_negative_rewards: bool = True
+    sample_temperature: float | None = None
     sliding_window: int | None = None
 
     def __post_init__(self):

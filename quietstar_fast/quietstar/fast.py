@@ -32,6 +32,7 @@ def fast_forward(qs, input_ids, attention_mask, gumbel_noise, generator, output_
     dim = weight.shape[1]
     backend = loss_backend(qs.kernel_impl, weight)
     banned = banned_mask([qs.start_token_id, qs.end_token_id], weight.shape[0], weight.device)
+    sample_scale = 1.0 if cfg.sample_temperature is None else 1.0 / cfg.sample_temperature
     thought_call = thought_call_kwargs(ThoughtLayout(seq_len, rows_info.padding, cfg.sliding_window, qs.kernel_impl))
     cache, cache_name = new_cache(), cache_kwarg(decoder)
     positions = torch.arange(seq_len, device=ids.device)[None]
@@ -58,7 +59,7 @@ def fast_forward(qs, input_ids, attention_mask, gumbel_noise, generator, output_
             noise = None if gumbel_noise is None else gumbel_noise[step - 1].reshape(rows * seq_len, -1)
             neg_logprob, _, tokens = linear_nll(hidden.reshape(-1, dim), weight, noise=noise, generator=generator,
                                                 banned=banned, inv_t=1.0 / cfg.reinforce_temperature,
-                                                backend=backend)
+                                                sample_scale=sample_scale, backend=backend)
             thought_tokens.append(tokens.view(rows, seq_len))
             logprobs.append(-neg_logprob.view(rows, seq_len))
             inputs = embed(tokens.view(rows, seq_len))

@@ -61,7 +61,8 @@ def generate(qs, input_ids: torch.Tensor, *, max_new_tokens: int = 32, do_sample
             hidden = step(inputs, position + offset)
             if offset <= cfg.num_thought_tokens:
                 token, _ = sample_thought_tokens(hidden, weight, generator=generator, banned_token_ids=meta,
-                                                 policy_temperature=cfg.reinforce_temperature)
+                                                 policy_temperature=cfg.reinforce_temperature,
+                                                 sample_temperature=cfg.sample_temperature)
                 thought.append(token)
                 inputs = embed(token[:, None])
             elif offset == cfg.n_ahead - 2:

@@ -70,7 +70,8 @@ def reference_forward(qs, input_ids, attention_mask, gumbel_noise, generator, ou
             tokens, logprob = sample_thought_tokens(
                 hidden.reshape(rows * seq_len, -1), weight, gumbel_noise=noise, generator=generator,
                 banned_token_ids=[qs.start_token_id, qs.end_token_id],
-                policy_temperature=cfg.reinforce_temperature, impl="reference")
+                policy_temperature=cfg.reinforce_temperature, sample_temperature=cfg.sample_temperature,
+                impl="reference")
             thought_tokens.append(tokens.view(rows, seq_len))
             logprobs.append(logprob.view(rows, seq_len))
             inputs = embed(tokens.view(rows, seq_len))
