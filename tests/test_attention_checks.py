@@ -55,11 +55,11 @@ def test_bad_arguments(kwargs, error, match):
         _call(*_inputs(), **kwargs)
 
 
-def test_triton_rejects_unsupported_head_dim_and_dtype():
+def test_triton_rejects_unsupported_head_dim_and_dtype(device):
     with pytest.raises(ValueError, match="head_dim <= 256"):
-        _call(*_inputs(d=320), impl="triton")
+        _call(*(x.to(device) for x in _inputs(d=320)), impl="triton")
     with pytest.raises(TypeError, match="use impl='torch' for float64"):
-        _call(*_inputs(dtype=torch.float64), impl="triton")
+        _call(*(x.to(device) for x in _inputs(dtype=torch.float64)), impl="triton")
 
 
 def test_mixed_devices():

@@ -56,10 +56,14 @@ def test_mixed_cross_entropy_errors(overrides, error, match):
         (dict(policy_temperature=0.0), ValueError, "policy_temperature must be a positive finite number"),
         (dict(sample_temperature=float("inf")), ValueError, "sample_temperature must be a positive finite"),
         (dict(generator=123), TypeError, "generator must be a torch.Generator"),
-        (dict(impl="triton", hidden=torch.randn(N, D).double(), lm_head_weight=torch.randn(V, D).double()),
-         TypeError, "use impl='torch' for float64"),
     ],
 )
 def test_sample_thought_tokens_errors(overrides, error, match):
     with pytest.raises(error, match=match):
         _sample(**overrides)
+
+
+def test_triton_refuses_float64(device):
+    hidden, weight = torch.randn(N, D, device=device).double(), torch.randn(V, D, device=device).double()
+    with pytest.raises(TypeError, match="use impl='torch' for float64"):
+        sample_thought_tokens(hidden, weight, impl="triton")
