@@ -303,3 +303,20 @@ def test_generation_never_emits_meta_tokens_and_stops_at_eos():
         weight.zero_()
     out = fast.generate(prompt, max_new_tokens=6, eos_token_id=0)
     assert out.sequences.shape == (3, 6) and torch.all(out.sequences[:, -1] == 0)
+
+
+def test_shortest_thought_has_no_policy_term():
+    """n_ahead = 3: start and end only, no sampled token, so no REINFORCE term (not a NaN mean of nothing)."""
+    config_cls, model_cls, _ = FAMILIES["llama"]
+    config = config_cls(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa", pad_token_id=0)
+    ids = torch.randint(1, 95, (2, 8))
+    losses = []
+    for impl in ("reference", "fast"):
+        torch.manual_seed(0)
+        quiet = QuietStar(model_cls(config), start_token_id=95, end_token_id=96, init_token_id=5, n_ahead=3,
+                          n_ahead_talk=1, impl=impl)
+        out = quiet(ids)
+        assert out.thought_tokens.shape == (0, 4, 8) and float(out.policy_loss) == 0.0
+        losses.append(out.loss.detach())
+    torch.testing.assert_close(losses[1], losses[0])

@@ -57,7 +57,8 @@ def _ids_from_tokenizer(tokenizer, start, end, init, pad):
     """Fill the ids not given from the tokenizer; the delimiters must have been added (``add_thought_tokens``)."""
     if start is None or end is None:
         looked_up = tokenizer.convert_tokens_to_ids([START_THOUGHT, END_THOUGHT])
-        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in looked_up or None in looked_up:
+        unknown = tokenizer.unk_token_id is not None and tokenizer.unk_token_id in looked_up
+        if unknown or None in looked_up:
             raise ValueError("the tokenizer has no thought delimiters: call add_thought_tokens(model, tokenizer) first")
         start = looked_up[0] if start is None else start
         end = looked_up[1] if end is None else end

@@ -63,6 +63,7 @@ def quietstar_objective(
             reward_baselined = reward_raw
         reward_clamped = reward_baselined.clamp_min(0) if config.remove_negative_rewards else reward_baselined
     policy_terms = (-reward_clamped * action_logprobs[:, :, :window]).mean(dim=(1, 2))
-    policy_loss = config.policy_loss_beta * policy_terms.mean()
+    # n_ahead = 3 samples no thought token: no policy term (rather than the mean of nothing).
+    policy_loss = config.policy_loss_beta * policy_terms.mean() if len(policy_terms) else nll_loss.new_zeros(())
     return Objective(nll_loss + policy_loss, nll_loss, policy_loss, policy_terms, reward_raw, reward_baselined,
                      reward_clamped)
