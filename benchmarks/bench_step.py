@@ -34,7 +34,8 @@ def _random_llama(hidden, layers, heads, kv_heads, intermediate, vocab, dtype, d
                          max_position_embeddings=4096, tie_word_embeddings=False, pad_token_id=0, eos_token_id=0,
                          attn_implementation="sdpa")
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(device=device, dtype=dtype)
+    with torch.device(device):  # initialise on the target device: a 1B model initialises slowly on CPU
+        model = LlamaForCausalLM(config).to(dtype=dtype)
     # The last two ids serve as the thought delimiters, id 5 initialises them.
     return model, dict(start_token_id=vocab - 2, end_token_id=vocab - 1, init_token_id=5)
 
