@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 timing, peak = measured
                 common = dict(kernel="thought_attention", provider=provider, mode=mode, x_name="n",
                               x_value=shape.n, config=config, device_name=device_name, library_version=version)
-                rows.append(bench_utils.csv_row(metric="time", unit="ms", values=timing, **common))
-                rows.append(bench_utils.csv_row(metric="peak_memory", unit="MB", values=(peak,) * 3, **common))
+                rows += bench_utils.time_and_memory_rows(timing, peak, **common)
                 flops = shape.fwd_flops() * (1.0 if mode == "fwd" else 3.5)
                 tflops = tuple(flops / (t * 1e-3) / 1e12 for t in timing)
                 rows.append(bench_utils.csv_row(metric="tflops", unit="TFLOP/s", values=tflops, **common))

@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                     timing, peak = measured
                     common = dict(kernel=op, provider=provider, mode=mode, x_name="N", x_value=n, config=config,
                                   device_name=device_name, library_version=version)
-                    csv_rows.append(bench_utils.csv_row(metric="time", unit="ms", values=timing, **common))
-                    csv_rows.append(bench_utils.csv_row(metric="peak_memory", unit="MB", values=(peak,) * 3,
-                                                        **common))
+                    csv_rows += bench_utils.time_and_memory_rows(timing, peak, **common)
                     table.append((op, shape, provider, mode, timing[0], peak))
                 del forward, leaves
 

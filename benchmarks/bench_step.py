@@ -130,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             tokens_per_s = tuple(batch * seq_len / (t * 1e-3) for t in timing)
             common = dict(kernel="quietstar_step", provider=provider, mode="fwd_bwd", x_name="n", x_value=seq_len,
                           config=config, device_name=device_name, library_version=version)
-            rows.append(bench_utils.csv_row(metric="time", unit="ms", values=timing, **common))
+            rows += bench_utils.time_and_memory_rows(timing, peak, **common)
             rows.append(bench_utils.csv_row(metric="tokens_per_s", unit="tokens/s", values=tokens_per_s, **common))
-            rows.append(bench_utils.csv_row(metric="peak_memory", unit="MB", values=(peak,) * 3, **common))
             longest = longest_fitting(quiet, batch, device, seq_len, args.max_len) if on_gpu and args.max_len else 0
             if longest:
                 rows.append(bench_utils.csv_row(metric="max_seq_len", unit="tokens", values=(longest,) * 3,

@@ -104,6 +104,12 @@ def csv_row(kernel: str, provider: str, mode: str, metric: str, unit: str, x_nam
     )
 
 
+def time_and_memory_rows(timing, peak: float, **common) -> list[dict]:
+    """The two rows every measured call gets: time (median, p20, p80 ms) and peak memory (MB)."""
+    return [csv_row(metric="time", unit="ms", values=timing, **common),
+            csv_row(metric="peak_memory", unit="MB", values=(peak,) * 3, **common)]
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:

@@ -1,4 +1,5 @@
-"""Where Triton kernels can run: a CUDA device, or Triton's CPU interpreter (TRITON_INTERPRET=1)."""
+"""Backend selection shared by the ops: where Triton kernels can run (a CUDA device, or Triton's CPU interpreter
+under TRITON_INTERPRET=1), which impl "auto" picks, and the precision of softmax statistics."""
 from __future__ import annotations
 
 import importlib.util
@@ -20,3 +21,29 @@ def triton_can_run_on(device: torch.device) -> bool:
     if not triton_installed():
         return False
     return device.type == "cuda" or (device.type == "cpu" and triton_interpreting())
+
+
+IMPLS = ("auto", "triton", "torch", "reference")
+
+
+def resolve_impl(impl: str, x: torch.Tensor) -> str:
+    """The backend ``impl`` means for inputs like ``x``: "auto" is triton for CUDA tensors (not fp64), else torch.
+    Raises a clear error when the request cannot run here."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "triton" if x.device.type == "cuda" and triton_installed() and x.dtype != torch.float64 else "torch"
+    if impl == "triton":
+        if not triton_can_run_on(x.device):
+            raise ValueError(
+                f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import for CPU tensors); "
+                f"the inputs are on {x.device}. Use impl='torch' on CPU."
+            )
+        if x.dtype == torch.float64:
+            raise TypeError("impl='triton' supports float16, bfloat16 and float32; use impl='torch' for float64")
+    return impl
+
+
+def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax statistics and accumulators: fp32, or fp64 for fp64 inputs (gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

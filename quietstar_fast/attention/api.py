@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from .._platform import triton_can_run_on, triton_installed
+from .._platform import resolve_impl
 from .checks import check_attention_call
 from .reference import reference_thought_attention
 from .torch_impl import torch_thought_attention
-
-IMPLS = ("auto", "triton", "torch", "reference")
-
 
 def thought_attention(
     q: torch.Tensor,
@@ -41,17 +38,9 @@ def thought_attention(
         o (B, Hq, m*n, d) in q's dtype, and lse if ``return_lse``. A query with no visible key (every key up to it
         padded) gets o = 0 and lse = -inf.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     call = check_attention_call(q, k, v, prefix_len, key_padding_mask, sliding_window, softmax_scale)
-    if impl == "auto":
-        impl = "triton" if q.device.type == "cuda" and triton_installed() else "torch"
+    impl = resolve_impl(impl, q)
     if impl == "triton":
-        if not triton_can_run_on(q.device):
-            raise ValueError(
-                f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import for CPU tensors); "
-                f"q is on {q.device}. Use impl='torch' on CPU."
-            )
         from .triton_impl import triton_thought_attention
 
         out, lse = triton_thought_attention(q, k, v, call)

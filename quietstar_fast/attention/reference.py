@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._platform import statistics_dtype
 from ..mask import ThoughtMaskLayout
 
 
@@ -32,7 +33,7 @@ def reference_thought_attention(
     """
     group_size = q.shape[1] // k.shape[1]
     allowed = layout.dense_allowed(device=q.device)
-    stat_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    stat_dtype = statistics_dtype(q.dtype)
     scores = torch.matmul(q, repeat_kv(k, group_size).transpose(-1, -2)).to(stat_dtype) * softmax_scale
     has_key = allowed.any(dim=-1, keepdim=True)
     # Rows without any key get finite dummy scores so that neither value nor gradient turns NaN; zeroed below.

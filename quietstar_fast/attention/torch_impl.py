@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from .._platform import statistics_dtype
 from .checks import AttentionCall
 
 # Prefix score elements per chunk (all heads and query steps together): bounds the temporaries at a few MB.
 _SCORE_CHUNK_ELEMENTS = 1 << 20
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _position_chunks(call: AttentionCall):
@@ -38,7 +35,7 @@ class _Chunk:
         layout = call.layout
         n, a, m = layout.prefix_len, layout.num_stream_steps, layout.num_query_steps
         b, hkv, d = call.batch, call.num_kv_heads, call.head_dim
-        cdtype = _compute_dtype(q.dtype)
+        cdtype = statistics_dtype(q.dtype)
         # Queries carry the softmax scale, so scores need no extra pass (dK then needs no rescaling either).
         self.q = q.reshape(b, hkv, call.group_size, m, n, d)[..., i0:i1, :].to(cdtype) * call.softmax_scale
         self.k0, self.v0 = k[:, :, j0:i1].to(cdtype), v[:, :, j0:i1].to(cdtype)
@@ -87,7 +84,7 @@ class _ThoughtAttentionTorch(torch.autograd.Function):
         n, m = layout.prefix_len, layout.num_query_steps
         b, hkv, g, d = call.batch, call.num_kv_heads, call.group_size, call.head_dim
         out = torch.empty(b, hkv, g, m, n, d, dtype=q.dtype, device=q.device)
-        lse = torch.empty(b, hkv, g, m, n, dtype=_compute_dtype(q.dtype), device=q.device)
+        lse = torch.empty(b, hkv, g, m, n, dtype=statistics_dtype(q.dtype), device=q.device)
         for i0, i1, j0 in _position_chunks(call):
             chunk = _Chunk(call, q, k, v, i0, i1, j0)
             probs = chunk.prefix_scores()
@@ -120,7 +117,7 @@ class _ThoughtAttentionTorch(torch.autograd.Function):
         layout = call.layout
         n, a, m = layout.prefix_len, layout.num_stream_steps, layout.num_query_steps
         b, hkv, g, d = call.batch, call.num_kv_heads, call.group_size, call.head_dim
-        cdtype = _compute_dtype(q.dtype)
+        cdtype = statistics_dtype(q.dtype)
         grouped = (b, hkv, g, m, n)
         grad_out = grad_out.reshape(*grouped, d)
         out = out.reshape(*grouped, d)

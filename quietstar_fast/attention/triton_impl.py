@@ -40,8 +40,6 @@ def triton_thought_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton kernels; shapes as ``thought_attention``. Returns (o, lse fp32)."""
-    if q.dtype == torch.float64:
-        raise TypeError("impl='triton' supports float16, bfloat16 and float32; use impl='torch' for float64")
     if call.head_dim > MAX_HEAD_DIM:
         raise ValueError(f"impl='triton' supports head_dim <= {MAX_HEAD_DIM}, got {call.head_dim}")
     layout = call.layout

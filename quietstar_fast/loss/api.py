@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from .._platform import triton_can_run_on, triton_installed
+from .._platform import resolve_impl
 from .checks import (
     banned_mask,
     check_hidden_and_weight,
@@ -17,28 +17,9 @@ from .function import TORCH, linear_nll, triton_backend
 from .mixing import mix_hidden
 from .reference import reference_cross_entropy, reference_sample
 
-IMPLS = ("auto", "triton", "torch", "reference")
-
-
-def _resolve_impl(impl: str, x: torch.Tensor) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "triton" if x.device.type == "cuda" and triton_installed() and x.dtype != torch.float64 else "torch"
-    if impl == "triton":
-        if not triton_can_run_on(x.device):
-            raise ValueError(
-                f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import for CPU tensors); "
-                f"the inputs are on {x.device}. Use impl='torch' on CPU."
-            )
-        if x.dtype == torch.float64:
-            raise TypeError("impl='triton' supports float16, bfloat16 and float32; use impl='torch' for float64")
-    return impl
-
-
 def loss_backend(impl: str, x: torch.Tensor):
     """The fused backend ("torch" or "triton") that ``impl`` selects for tensors like ``x``."""
-    impl = _resolve_impl(impl, x)
+    impl = resolve_impl(impl, x)
     if impl == "reference":
         raise ValueError("the reference implementation has no fused backend")
     return triton_backend() if impl == "triton" else TORCH
@@ -82,7 +63,7 @@ def mixed_cross_entropy(
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
     check_targets(targets, h_base, lm_head_weight.shape[0], ignore_index)
-    impl = _resolve_impl(impl, h_base)
+    impl = resolve_impl(impl, h_base)
     hidden = mix_hidden(h_base, h_thought, mix_weight)
     if impl == "reference":
         loss, lse = reference_cross_entropy(hidden, lm_head_weight, targets, ignore_index)
@@ -133,7 +114,7 @@ def sample_thought_tokens(
     sample_scale = 1.0 if sample_temperature is None else 1.0 / check_temperature("sample_temperature",
                                                                                    sample_temperature)
     banned = banned_mask(banned_token_ids, vocab, hidden.device)
-    impl = _resolve_impl(impl, hidden)
+    impl = resolve_impl(impl, hidden)
     if impl == "reference":
         tokens, logprob, _ = reference_sample(hidden, lm_head_weight, gumbel_noise, generator, banned,
                                               policy_temperature, sample_temperature)

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from .._platform import statistics_dtype
 from .reference import BANNED_LOGIT
 
 _CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def row_chunks(num_rows: int, vocab: int, device: torch.device):
@@ -40,7 +37,7 @@ def torch_forward(hidden, weight, targets, noise, generator, banned, inv_t, samp
     -log(Exp(1)) from ``generator``.
     """
     num_rows, vocab = hidden.shape[0], weight.shape[0]
-    cdtype = compute_dtype(hidden.dtype)
+    cdtype = statistics_dtype(hidden.dtype)
     lse = torch.empty(num_rows, dtype=cdtype, device=hidden.device)
     picked = torch.empty_like(lse)
     tokens = None if targets is not None else torch.empty(num_rows, dtype=torch.int64, device=hidden.device)
@@ -65,7 +62,7 @@ def torch_forward(hidden, weight, targets, noise, generator, banned, inv_t, samp
 def torch_grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
     """G (C, V) = coef * inv_t * (softmax(z * inv_t) - onehot(targets)) for z = hidden @ weight^T, in hidden's dtype;
     the logits are formed exactly as ``torch_forward`` formed them."""
-    z = (hidden @ weight.T).to(compute_dtype(hidden.dtype))
+    z = (hidden @ weight.T).to(statistics_dtype(hidden.dtype))
     if banned is not None:
         z.masked_fill_(banned.bool(), BANNED_LOGIT)
     scale = (coef * inv_t).to(z.dtype)

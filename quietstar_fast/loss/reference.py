@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._platform import statistics_dtype
+
 BANNED_LOGIT = -1e10
 
 
@@ -23,7 +25,7 @@ def reference_cross_entropy(
     """Per-token CE (N,) fp32 and lse (N,) fp32 of z = hidden @ weight^T (fp64 for fp64 inputs)."""
     logits = hidden @ weight.T
     loss = F.cross_entropy(logits, targets.long(), reduction="none", ignore_index=ignore_index)
-    stat_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    stat_dtype = statistics_dtype(logits.dtype)
     return loss.to(stat_dtype), torch.logsumexp(logits.to(stat_dtype), dim=-1)
 
 
@@ -48,7 +50,7 @@ def reference_sample(
         noise = -torch.empty_like(logits).exponential_(generator=generator).log()
     scaled = logits if sample_temperature is None else logits / sample_temperature
     tokens = (scaled + noise.to(logits.dtype)).argmax(dim=-1)
-    stat_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    stat_dtype = statistics_dtype(logits.dtype)
     policy_logits = (logits / policy_temperature).to(stat_dtype)
     log_probs = F.log_softmax(policy_logits, dim=-1)
     return tokens, log_probs.gather(1, tokens[:, None]).squeeze(1), torch.logsumexp(policy_logits, dim=-1)
