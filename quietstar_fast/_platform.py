@@ -23,7 +23,7 @@ def triton_can_run_on(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and triton_interpreting())
 
 
-IMPLS = ("auto", "triton", "torch", "reference")
+IMPLS = ("auto", "triton", "cuda", "torch", "reference")
 
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
@@ -33,6 +33,14 @@ def resolve_impl(impl: str, x: torch.Tensor) -> str:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         return "triton" if x.device.type == "cuda" and triton_installed() and x.dtype != torch.float64 else "torch"
+    if impl == "cuda":
+        if x.device.type != "cuda":
+            raise ValueError(f"impl='cuda' needs CUDA tensors; the inputs are on {x.device}. Use impl='torch' on CPU.")
+        if x.dtype == torch.float64:
+            raise TypeError("impl='cuda' supports float16, bfloat16 and float32; use impl='torch' for float64")
+        from .cuda_ext import ops
+
+        ops()  # raises, with build instructions, when the extension is missing
     if impl == "triton":
         if not triton_can_run_on(x.device):
             raise ValueError(

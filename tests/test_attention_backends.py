@@ -1,11 +1,13 @@
-"""thought_attention backends ("torch", "triton") against the dense-mask reference, forward and every gradient.
+"""thought_attention backends ("torch", "triton", "cuda") against the dense-mask reference, forward and every gradient.
 
-On CPU, Triton runs in its interpreter (see conftest.py); on a GPU the same tests run the compiled kernels.
+On CPU, Triton runs in its interpreter (see conftest.py); on a GPU the same tests run the compiled kernels, and
+the CUDA kernels (tests/backends.py).
 """
 import pytest
 import torch
 
 from attention_cases import Case, Problem, make_problem, run
+from backends import KERNEL_IMPLS
 from tolerance import assert_fa_rule
 
 # Odd and block-straddling n, right/left/holed padding, GQA 4/2 and 4/1, a in {0, 1, 3, 6}, m in {1, 2, a+1},
@@ -39,17 +41,12 @@ def _check_against_reference(case: Case, dtype: torch.dtype, impl: str, device: 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_triton_matches_reference(case, dtype, device):
-    _check_against_reference(case, dtype, "triton", device)
+@pytest.mark.parametrize("impl", ["torch", *KERNEL_IMPLS])
+def test_backend_matches_reference(impl, case, dtype, device):
+    _check_against_reference(case, dtype, impl, device)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_torch_matches_reference(case, dtype, device):
-    _check_against_reference(case, dtype, "torch", device)
-
-
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", ["torch", *KERNEL_IMPLS])
 def test_bfloat16(impl, device):
     # On CPU the kernels upcast bf16 right after loading (the interpreter mishandles bf16 arithmetic).
     _check_against_reference(Case(2, 4, 2, 37, 3, 2, 64, "right", window=16), torch.bfloat16, impl, device)
@@ -77,7 +74,7 @@ def test_torch_gradcheck_float64(device):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton", "reference"])
+@pytest.mark.parametrize("impl", ["torch", *KERNEL_IMPLS, "reference"])
 def test_noncontiguous_inputs(impl, device):
     """HF hands attention (B, H, T, d) views of (B, T, H, d) tensors; a transposed head dim must work too."""
     case = Case(2, 4, 2, 19, 2, 1, 64, "right")

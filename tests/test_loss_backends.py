@@ -1,4 +1,4 @@
-"""LM-head ops ("torch", "triton") against the full-logits reference: losses, log-probs, tokens, every gradient.
+"""LM-head ops ("torch", "triton", "cuda") against the full-logits reference: losses, log-probs, tokens, every gradient.
 
 Tolerances follow FlashAttention's rule (tests/tolerance.py): the fp64 reference from the same rounded inputs is
 the oracle, the same-precision reference is the baseline.
@@ -10,9 +10,10 @@ import torch
 
 from quietstar_fast import mixed_cross_entropy, sample_thought_tokens
 from quietstar_fast.loss.reference import banned_logit
+from backends import KERNEL_IMPLS
 from tolerance import assert_fa_rule
 
-IMPLS = ["torch", "triton"]
+IMPLS = ["torch", *KERNEL_IMPLS]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -85,22 +86,22 @@ def test_mixed_cross_entropy_matches_reference(impl, case, dtype, device):
     assert torch.equal(result["loss"][ignored], torch.zeros_like(result["loss"][ignored]))
 
 
-def test_ignored_rows_get_no_gradient(device):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ignored_rows_get_no_gradient(impl, device):
     tensors, targets = _ce_inputs(LossCase(20, 32, 1000, "random"), torch.float32, device)
     targets[:10] = -100
-    for impl in IMPLS:
-        grads = _run_ce(tensors, targets, impl)
-        for name in ("d_h_base", "d_h_thought", "d_mix_weight"):
-            assert torch.count_nonzero(grads[name][:10]) == 0, (impl, name)
+    grads = _run_ce(tensors, targets, impl)
+    for name in ("d_h_base", "d_h_thought", "d_mix_weight"):
+        assert torch.count_nonzero(grads[name][:10]) == 0, (impl, name)
 
 
-def test_zero_mix_weight_is_the_base_loss(device):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_zero_mix_weight_is_the_base_loss(impl, device):
     tensors, targets = _ce_inputs(LossCase(17, 32, 1000, "zero"), torch.float32, device)
-    for impl in IMPLS:
-        mixed = mixed_cross_entropy(tensors["h_base"], tensors["lm_head_weight"], targets,
-                                    h_thought=tensors["h_thought"], mix_weight=tensors["mix_weight"], impl=impl)
-        base = mixed_cross_entropy(tensors["h_base"], tensors["lm_head_weight"], targets, impl=impl)
-        torch.testing.assert_close(mixed, base, rtol=0, atol=0)
+    mixed = mixed_cross_entropy(tensors["h_base"], tensors["lm_head_weight"], targets,
+                                h_thought=tensors["h_thought"], mix_weight=tensors["mix_weight"], impl=impl)
+    base = mixed_cross_entropy(tensors["h_base"], tensors["lm_head_weight"], targets, impl=impl)
+    torch.testing.assert_close(mixed, base, rtol=0, atol=0)
 
 
 def test_torch_gradcheck_float64(device):

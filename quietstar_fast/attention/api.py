@@ -30,9 +30,10 @@ def thought_attention(
         sliding_window: W; prefix key j is visible to position i only if ``i - j < W``. None = no window.
         softmax_scale: defaults to 1/sqrt(d).
         return_lse: also return the log-sum-exp (B, Hq, m*n) in fp32 (fp64 for fp64 inputs); it is differentiable.
-        impl: "triton" (kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1), "torch" (chunked
-            PyTorch, memory-efficient), "reference" (dense mask, as the official code), or "auto" (triton for CUDA
-            tensors, torch otherwise).
+        impl: "triton" (kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1), "cuda" (the CUDA C++
+            kernels of the optional extension ``quietstar_fast._C``; head_dim <= 128), "torch" (chunked PyTorch,
+            memory-efficient), "reference" (dense mask, as the official code), or "auto" (triton for CUDA tensors,
+            torch otherwise).
 
     Returns:
         o (B, Hq, m*n, d) in q's dtype, and lse if ``return_lse``. A query with no visible key (every key up to it
@@ -44,6 +45,10 @@ def thought_attention(
         from .triton_impl import triton_thought_attention
 
         out, lse = triton_thought_attention(q, k, v, call)
+    elif impl == "cuda":
+        from .cuda_impl import cuda_thought_attention
+
+        out, lse = cuda_thought_attention(q, k, v, call)
     elif impl == "torch":
         out, lse = torch_thought_attention(q, k, v, call)
     else:

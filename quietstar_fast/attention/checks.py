@@ -104,3 +104,8 @@ def check_attention_call(
         sliding_window=sliding_window,
     )
     return AttentionCall(layout, batch, num_q_heads, num_kv_heads, head_dim, float(softmax_scale))
+
+
+def unit_stride_last(x: torch.Tensor) -> torch.Tensor:
+    """The kernels take any batch/head/token strides but need the head dim contiguous."""
+    return x if x.stride(-1) == 1 else x.contiguous()

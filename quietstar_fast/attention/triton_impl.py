@@ -6,18 +6,13 @@ import torch
 from .._platform import triton_interpreting
 from ..kernels.configs import MAX_HEAD_DIM
 from ..kernels.thought_attention import ThoughtAttentionShape, thought_attention_backward, thought_attention_forward
-from .checks import AttentionCall
-
-
-def _unit_stride_last(x: torch.Tensor) -> torch.Tensor:
-    """The kernels take any batch/head/token strides but need the head dim contiguous."""
-    return x if x.stride(-1) == 1 else x.contiguous()
+from .checks import AttentionCall, unit_stride_last
 
 
 class _ThoughtAttentionTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, valid, shape: ThoughtAttentionShape):
-        q, k, v = (_unit_stride_last(x) for x in (q, k, v))
+        q, k, v = (unit_stride_last(x) for x in (q, k, v))
         out, lse = thought_attention_forward(q, k, v, valid, shape)
         ctx.save_for_backward(q, k, v, out, lse, valid)
         ctx.shape = shape
@@ -30,7 +25,7 @@ class _ThoughtAttentionTriton(torch.autograd.Function):
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         dq, dk, dv = thought_attention_backward(
-            q, k, v, out, lse, _unit_stride_last(grad_out), None if grad_lse is None else grad_lse.contiguous(),
+            q, k, v, out, lse, unit_stride_last(grad_out), None if grad_lse is None else grad_lse.contiguous(),
             valid, ctx.shape,
         )
         return dq, dk, dv, None, None

@@ -13,16 +13,16 @@ from .checks import (
     check_targets,
     check_temperature,
 )
-from .function import TORCH, linear_nll, triton_backend
+from .function import TORCH, cuda_backend, linear_nll, triton_backend
 from .mixing import mix_hidden
 from .reference import reference_cross_entropy, reference_sample
 
 def loss_backend(impl: str, x: torch.Tensor):
-    """The fused backend ("torch" or "triton") that ``impl`` selects for tensors like ``x``."""
+    """The fused backend ("torch", "triton" or "cuda") that ``impl`` selects for tensors like ``x``."""
     impl = resolve_impl(impl, x)
     if impl == "reference":
         raise ValueError("the reference implementation has no fused backend")
-    return triton_backend() if impl == "triton" else TORCH
+    return {"triton": triton_backend, "cuda": cuda_backend}.get(impl, lambda: TORCH)()
 
 
 def mixed_cross_entropy(
@@ -45,8 +45,9 @@ def mixed_cross_entropy(
         h_thought: (N, D) thought hidden states; with ``mix_weight`` (N,) or (N, 1), unbounded as in the official
             code (w = 0 is the base prediction). Without both, the plain base cross-entropy.
         return_lse: also return the log-sum-exp of the (mixed) logits (N,); it is not differentiable.
-        impl: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (row-chunked), "reference" (full logits,
-            as the official code), or "auto" (triton on CUDA, torch otherwise).
+        impl: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "cuda" (the CUDA C++ kernels of the optional
+            extension ``quietstar_fast._C``), "torch" (row-chunked), "reference" (full logits, as the official code),
+            or "auto" (triton on CUDA, torch otherwise).
 
     Returns:
         loss (N,) fp32 (fp64 for fp64 inputs), differentiable in h_base, h_thought, mix_weight and lm_head_weight.

@@ -27,17 +27,20 @@ class Backend:
 TORCH = Backend("torch", torch_forward, torch_grad_logits)
 
 
+def _device_seed(hidden: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """A one-element int64 seed for in-kernel Philox noise, drawn where the generator lives and kept on the device:
+    no host synchronisation."""
+    device = generator.device if generator is not None else hidden.device
+    return torch.randint(0, 2**62, (1,), generator=generator, device=device).to(hidden.device)
+
+
 def triton_backend() -> Backend:
     from ..kernels.linear_softmax import linear_softmax_forward, linear_softmax_grad
 
     interpret = triton_interpreting()
 
     def forward(hidden, weight, targets, noise, generator, banned, inv_t, sample_scale):
-        seed = None
-        if targets is None and noise is None:
-            # Drawn where the generator lives and kept on the device: no host synchronisation.
-            device = generator.device if generator is not None else hidden.device
-            seed = torch.randint(0, 2**62, (1,), generator=generator, device=device).to(hidden.device)
+        seed = _device_seed(hidden, generator) if targets is None and noise is None else None
         return linear_softmax_forward(hidden.contiguous(), weight.contiguous(), targets=targets, noise=noise,
                                       seed=seed, banned=banned, inv_t=inv_t, sample_scale=sample_scale,
                                       interpret=interpret)
@@ -47,6 +50,23 @@ def triton_backend() -> Backend:
                                    banned, inv_t, interpret)
 
     return Backend("triton", forward, grad_logits)
+
+
+def cuda_backend() -> Backend:
+    from ..cuda_ext import ops
+
+    def forward(hidden, weight, targets, noise, generator, banned, inv_t, sample_scale):
+        seed = _device_seed(hidden, generator) if targets is None and noise is None else None
+        lse, picked, tokens = ops().linear_softmax_fwd(
+            hidden.contiguous(), weight.contiguous(), targets, None if noise is None else noise.float(), seed,
+            banned, inv_t, sample_scale)
+        return lse, picked, tokens if targets is None else None
+
+    def grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
+        return ops().linear_softmax_grad(hidden.contiguous(), weight.contiguous(), lse, targets,
+                                         coef.float().contiguous(), banned, inv_t)
+
+    return Backend("cuda", forward, grad_logits)
 
 
 class _LinearNLL(torch.autograd.Function):

@@ -1,0 +1,79 @@
+// Host helpers of the launchers: dtype dispatch, shared-memory opt-in, launch error checks.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "common.cuh"
+#include "launch.h"
+
+namespace quietstar {
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls body(TypeTag<T>{}) with T the element type of `kind`.
+template <typename Body>
+void dispatch_kind(ScalarKind kind, Body&& body) {
+  switch (kind) {
+    case ScalarKind::kFloat32:
+      body(TypeTag<float>{});
+      return;
+    case ScalarKind::kFloat16:
+      body(TypeTag<__half>{});
+      return;
+    case ScalarKind::kBFloat16:
+      body(TypeTag<__nv_bfloat16>{});
+      return;
+  }
+  throw std::invalid_argument("quietstar_fast._C: unknown dtype");
+}
+
+// Calls body with D = 64 or 128, the padded head dim the kernels are compiled for.
+template <typename Body>
+void dispatch_head_dim(int head_dim, Body&& body) {
+  if (head_dim <= 64) {
+    body(std::integral_constant<int, 64>{});
+  } else if (head_dim <= 128) {
+    body(std::integral_constant<int, 128>{});
+  } else {
+    throw std::invalid_argument("quietstar_fast._C: head_dim must be at most 128, got " + std::to_string(head_dim));
+  }
+}
+
+inline void check_cuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw std::runtime_error(std::string("quietstar_fast._C: ") + what + ": " + cudaGetErrorString(status));
+  }
+}
+
+// Lets `kernel` use `bytes` of dynamic shared memory, with a clear error when the device has less.
+template <typename Kernel>
+void allow_shared_memory(Kernel kernel, int64_t bytes, const char* name) {
+  int device = 0;
+  int available = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&available, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+             "querying shared memory");
+  if (bytes > available) {
+    throw std::runtime_error(std::string("quietstar_fast._C: kernel ") + name + " needs " + std::to_string(bytes) +
+                             " bytes of shared memory per block, the device allows " + std::to_string(available) +
+                             "; use impl='triton' on this GPU");
+  }
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+             name);
+}
+
+inline void check_launch(const char* name) { check_cuda(cudaGetLastError(), name); }
+
+inline void check_grid(int64_t x, int64_t y, const char* name) {
+  if (x > 2147483647LL || y > 65535) {
+    throw std::runtime_error(std::string("quietstar_fast._C: problem too large for one launch of ") + name);
+  }
+}
+
+}  // namespace quietstar

@@ -1,0 +1,259 @@
+// Kernels of the fused LM-head losses: statistics of z = H W^T without writing z to memory.
+//
+// Forward: one block per (block of rows, slice of the vocabulary). Each logit tile is a K-loop of GEMMs on shared
+// tiles (tensor cores for fp16/bf16); per row the block keeps an online max / sum of exp(z * inv_t), plus the
+// target's logit (cross-entropy) or the running Gumbel-max sample argmax(z * sample_scale + g) and its logit
+// (sampling), g read from a tensor or drawn from Philox4x32-10 keyed by a seed on the device (never stored).
+// Per-slice partials are merged by the op layer. Banned ids get the logit -1e10, as in the official code.
+//
+// Gradient: for a chunk of rows, recompute the logit tiles exactly as the forward did and write
+// G = coef * inv_t * (softmax(z * inv_t) - onehot(target)) in the inputs' dtype; two GEMMs then give dH and dW.
+#include "common.cuh"
+#include "launch_utils.cuh"
+
+namespace quietstar {
+namespace {
+
+constexpr float kBannedLogit = -1e10f;
+
+template <typename T>
+struct LinearSoftmaxTiles {
+  static constexpr int kBlockM = TileTraits<T>::kRows;
+  static constexpr int kBlockV = TileTraits<T>::kRows;
+  static constexpr int kBlockK = TileTraits<T>::kRows;
+  static constexpr int kLd = kBlockK + TileTraits<T>::kPad;
+  static constexpr int kLdZ = kBlockV + TileTraits<T>::kAccPad;
+  __host__ __device__ static constexpr auto h() { return first_region<T>(kBlockM, kLd); }
+  __host__ __device__ static constexpr auto w() { return after<T>(h(), kBlockV, kLd); }
+  __host__ __device__ static constexpr auto z() { return after<float>(w(), kBlockM, kLdZ); }
+  static constexpr int64_t kBytes = z().end();
+};
+
+// z (BM x BV, fp32) = H[row0 : row0 + BM] @ W[v0 : v0 + BV]^T; rows and columns past the ends are 0.
+template <typename T>
+__device__ void logit_tile(const LinearSoftmaxArgs& args, char* smem, int row0, int rows_in, int v0, int cols_in) {
+  using Tiles = LinearSoftmaxTiles<T>;
+  T* h_tile = Tiles::h().in(smem);
+  T* w_tile = Tiles::w().in(smem);
+  float* z = Tiles::z().in(smem);
+  const T* h_rows = static_cast<const T*>(args.hidden_states) + int64_t(row0) * args.stride_hidden;
+  const T* w_rows = static_cast<const T*>(args.weight) + int64_t(v0) * args.stride_weight;
+  for (int k0 = 0; k0 < args.hidden; k0 += Tiles::kBlockK) {
+    const int k_in = min(Tiles::kBlockK, args.hidden - k0);
+    __syncthreads();  // earlier readers of the tiles are done
+    load_tile<T, Tiles::kBlockM, Tiles::kBlockK>(h_tile, Tiles::kLd, h_rows + k0, args.stride_hidden, rows_in, k_in);
+    load_tile<T, Tiles::kBlockV, Tiles::kBlockK>(w_tile, Tiles::kLd, w_rows + k0, args.stride_weight, cols_in, k_in);
+    __syncthreads();
+    block_gemm<T, Tiles::kBlockM, Tiles::kBlockV, Tiles::kBlockK, true>(h_tile, Tiles::kLd, w_tile, Tiles::kLd, z,
+                                                                         Tiles::kLdZ, k0 > 0);
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ float masked_logit(const LinearSoftmaxArgs& args, float z, int column) {
+  return args.banned != nullptr && args.banned[column] != 0 ? kBannedLogit : z;
+}
+
+// Philox4x32-10 (Salmon et al. 2011): counter-based, so noise for (row, column) needs no state.
+__device__ __forceinline__ uint32_t philox_first_word(uint64_t counter, uint64_t seed) {
+  uint32_t c0 = uint32_t(counter), c1 = uint32_t(counter >> 32), c2 = 0u, c3 = 0u;
+  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
+#pragma unroll
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+    const uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return c0;
+}
+
+// Gumbel(0, 1) = -log(Exp(1)) = -log(-log(U)), U uniform in the open interval (0, 1).
+__device__ __forceinline__ float gumbel_noise(const LinearSoftmaxArgs& args, int row, int column, uint64_t seed) {
+  if (args.noise != nullptr) return args.noise[int64_t(row) * args.stride_noise + column];
+  const uint64_t offset = uint64_t(row) * uint64_t(args.vocab) + uint64_t(column);
+  const float uniform = (float(philox_first_word(offset, seed) >> 8) + 0.5f) * (1.0f / 16777216.0f);
+  return -logf(-logf(uniform));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) linear_softmax_fwd_kernel(const LinearSoftmaxArgs args) {
+  using Tiles = LinearSoftmaxTiles<T>;
+  constexpr int BM = Tiles::kBlockM;
+  constexpr int BV = Tiles::kBlockV;
+  extern __shared__ __align__(128) char smem[];
+  __shared__ float run_max[BM], run_sum[BM], picked[BM], best[BM];
+  __shared__ int32_t best_index[BM];
+  const float* z = Tiles::z().in(smem);
+
+  const int row0 = blockIdx.x * BM;
+  const int rows_in = min(BM, args.num_rows - row0);
+  const int split = blockIdx.y;
+  const int v_lo = split * args.vocab_per_split;
+  const int v_hi = min(args.vocab, v_lo + args.vocab_per_split);
+  const bool sample = args.targets == nullptr;
+  const uint64_t seed = sample && args.noise == nullptr ? uint64_t(*args.seed) : 0u;
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  for (int r = threadIdx.x; r < BM; r += blockDim.x) {
+    run_max[r] = -INFINITY;
+    run_sum[r] = 0.f;
+    picked[r] = 0.f;
+    best[r] = -INFINITY;
+    best_index[r] = 0;
+  }
+
+  for (int v0 = v_lo; v0 < v_hi; v0 += BV) {
+    logit_tile<T>(args, smem, row0, rows_in, v0, min(BV, v_hi - v0));
+    for (int r = warp; r < rows_in; r += kWarps) {
+      const int row = row0 + r;
+      float logit[BV / kWarpSize];
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int t = 0; t < BV / kWarpSize; ++t) {
+        const int column = v0 + lane + t * kWarpSize;
+        logit[t] = column < v_hi ? masked_logit(args, z[r * Tiles::kLdZ + lane + t * kWarpSize], column) : 0.f;
+        if (column < v_hi) tile_max = fmaxf(tile_max, logit[t] * args.inv_t);
+      }
+      const float new_max = fmaxf(run_max[r], warp_max(tile_max));
+      float exp_sum = 0.f;
+      float lane_pick = 0.f;
+      float lane_best = -INFINITY;
+      int lane_index = 0;
+      const int64_t target = sample ? -1 : args.targets[row];
+#pragma unroll
+      for (int t = 0; t < BV / kWarpSize; ++t) {
+        const int column = v0 + lane + t * kWarpSize;
+        if (column >= v_hi) continue;
+        exp_sum += expf(logit[t] * args.inv_t - new_max);
+        if (sample) {
+          const float score = logit[t] * args.sample_scale + gumbel_noise(args, row, column, seed);
+          if (score > lane_best) {  // strict: the lower id wins ties, as torch.argmax
+            lane_best = score;
+            lane_index = column;
+            lane_pick = logit[t];
+          }
+        } else if (column == target) {
+          lane_pick = logit[t];
+        }
+      }
+      exp_sum = warp_sum(exp_sum);
+      if (sample) {
+#pragma unroll
+        for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+          const float other_best = __shfl_xor_sync(0xffffffffu, lane_best, offset);
+          const int other_index = __shfl_xor_sync(0xffffffffu, lane_index, offset);
+          const float other_pick = __shfl_xor_sync(0xffffffffu, lane_pick, offset);
+          if (other_best > lane_best || (other_best == lane_best && other_index < lane_index)) {
+            lane_best = other_best;
+            lane_index = other_index;
+            lane_pick = other_pick;
+          }
+        }
+      } else {
+        lane_pick = warp_sum(lane_pick);
+      }
+      if (lane == 0) {
+        run_sum[r] = run_sum[r] * expf(run_max[r] - new_max) + exp_sum;
+        run_max[r] = new_max;
+        if (!sample) {
+          picked[r] += lane_pick;
+        } else if (lane_best > best[r]) {
+          best[r] = lane_best;
+          best_index[r] = lane_index;
+          picked[r] = lane_pick;
+        }
+      }
+    }
+  }
+  __syncthreads();
+  for (int r = threadIdx.x; r < rows_in; r += blockDim.x) {
+    const int64_t part = int64_t(row0 + r) * args.num_splits + split;
+    args.part_max[part] = run_max[r];
+    args.part_sum[part] = run_sum[r];
+    args.part_pick[part] = picked[r];
+    if (sample) {
+      args.part_best[part] = best[r];
+      args.part_index[part] = best_index[r];
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) linear_softmax_grad_kernel(const LinearSoftmaxArgs args) {
+  using Tiles = LinearSoftmaxTiles<T>;
+  extern __shared__ __align__(128) char smem[];
+  const float* z = Tiles::z().in(smem);
+  const int row0 = blockIdx.x * Tiles::kBlockM;
+  const int v0 = blockIdx.y * Tiles::kBlockV;
+  const int rows_in = min(Tiles::kBlockM, args.num_rows - row0);
+  const int cols_in = min(Tiles::kBlockV, args.vocab - v0);
+  logit_tile<T>(args, smem, row0, rows_in, v0, cols_in);
+  T* grad = static_cast<T*>(args.grad_logits);
+  for (int index = threadIdx.x; index < rows_in * Tiles::kBlockV; index += blockDim.x) {
+    const int r = index / Tiles::kBlockV;
+    const int c = index % Tiles::kBlockV;
+    if (c >= cols_in) continue;
+    const int row = row0 + r;
+    const int column = v0 + c;
+    const float logit = masked_logit(args, z[r * Tiles::kLdZ + c], column);
+    const float prob = expf(logit * args.inv_t - args.lse[row]);
+    const float onehot = args.targets[row] == column ? 1.f : 0.f;
+    grad[int64_t(row) * args.vocab + column] = from_float<T>(args.coef[row] * args.inv_t * (prob - onehot));
+  }
+}
+
+}  // namespace
+
+int linear_softmax_block_rows(ScalarKind kind) {
+  int rows = 0;
+  dispatch_kind(kind, [&](auto tag) { rows = LinearSoftmaxTiles<typename decltype(tag)::type>::kBlockM; });
+  return rows;
+}
+
+int linear_softmax_block_vocab(ScalarKind kind) {
+  int columns = 0;
+  dispatch_kind(kind, [&](auto tag) { columns = LinearSoftmaxTiles<typename decltype(tag)::type>::kBlockV; });
+  return columns;
+}
+
+int multiprocessor_count() {
+  int device = 0;
+  int count = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device), "querying the SM count");
+  return count;
+}
+
+void launch_linear_softmax_forward(const LinearSoftmaxArgs& args) {
+  dispatch_kind(args.kind, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using Tiles = LinearSoftmaxTiles<T>;
+    auto kernel = linear_softmax_fwd_kernel<T>;
+    allow_shared_memory(kernel, Tiles::kBytes, "linear_softmax_fwd");
+    const int64_t row_blocks = ceil_div(args.num_rows, Tiles::kBlockM);
+    check_grid(row_blocks, args.num_splits, "linear_softmax_fwd");
+    kernel<<<dim3(unsigned(row_blocks), unsigned(args.num_splits)), kThreads, Tiles::kBytes, args.stream>>>(args);
+    check_launch("linear_softmax_fwd");
+  });
+}
+
+void launch_linear_softmax_grad(const LinearSoftmaxArgs& args) {
+  dispatch_kind(args.kind, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using Tiles = LinearSoftmaxTiles<T>;
+    auto kernel = linear_softmax_grad_kernel<T>;
+    allow_shared_memory(kernel, Tiles::kBytes, "linear_softmax_grad");
+    const int64_t row_blocks = ceil_div(args.num_rows, Tiles::kBlockM);
+    const int64_t vocab_blocks = ceil_div(args.vocab, Tiles::kBlockV);
+    check_grid(row_blocks, vocab_blocks, "linear_softmax_grad");
+    kernel<<<dim3(unsigned(row_blocks), unsigned(vocab_blocks)), kThreads, Tiles::kBytes, args.stream>>>(args);
+    check_launch("linear_softmax_grad");
+  });
+}
+
+}  // namespace quietstar

@@ -1,0 +1,45 @@
+// The parallel-thought mask on the device. Its definition lives in quietstar_fast/mask.py; this is the same
+// predicate: prefix key j is visible to position i iff j <= i, j is a real token and i - j < W; the own-stream
+// keys (s, i) are visible iff i is a real token.
+#pragma once
+
+#include <cstdint>
+
+#include "launch.h"
+
+namespace quietstar {
+
+struct ThoughtMask {
+  const int8_t* key_valid;  // this batch row's (n,) flags, or null
+  int prefix_len;
+  int window;  // 0 = none
+
+  __device__ __forceinline__ bool real(int position) const {
+    return position < prefix_len && (key_valid == nullptr || key_valid[position] != 0);
+  }
+  __device__ __forceinline__ bool prefix_visible(int i, int j) const {
+    return j <= i && real(j) && (window == 0 || i - j < window);
+  }
+  // Prefix key tiles [first, end) a block of queries [row_start, row_end) may see.
+  __device__ __forceinline__ int first_key(int row_start, int block_n) const {
+    return window == 0 ? 0 : max(row_start - window + 1, 0) / block_n * block_n;
+  }
+};
+
+__device__ __forceinline__ ThoughtMask make_mask(const ThoughtAttentionArgs& args, int batch) {
+  const int8_t* valid = args.key_valid == nullptr ? nullptr : args.key_valid + int64_t(batch) * args.key_valid_stride;
+  return ThoughtMask{valid, args.prefix_len, args.window};
+}
+
+// Base pointer of (batch, head) in an operand, with 64-bit offsets.
+template <typename T>
+__device__ __forceinline__ T* head_base(const Operand& x, int batch, int head) {
+  return static_cast<T*>(x.data) + int64_t(batch) * x.stride_batch + int64_t(head) * x.stride_head;
+}
+
+// Row index of (batch, head, query row) in the (B, Hq, m * n) statistics.
+__device__ __forceinline__ int64_t stat_index(const ThoughtAttentionArgs& args, int batch, int head, int row) {
+  return (int64_t(batch) * args.num_q_heads + head) * (int64_t(args.num_query_steps) * args.prefix_len) + row;
+}
+
+}  // namespace quietstar

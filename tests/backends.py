@@ -1,0 +1,24 @@
+"""Which backends the parametrised tests run: "cuda" needs a GPU and the built extension quietstar_fast._C.
+
+Without a GPU the cuda cases skip. On a GPU they run; set QUIETSTAR_REQUIRE_CUDA_EXTENSION=1 (the GPU check script
+does) so that a missing extension fails them instead of skipping them.
+"""
+import os
+
+import pytest
+import torch
+
+from quietstar_fast.cuda_ext import cuda_extension_available
+
+REQUIRE_CUDA_EXTENSION = os.environ.get("QUIETSTAR_REQUIRE_CUDA_EXTENSION", "0") == "1"
+
+
+def cuda_kernels_runnable() -> bool:
+    return torch.cuda.is_available() and (REQUIRE_CUDA_EXTENSION or cuda_extension_available())
+
+
+needs_cuda_kernels = pytest.mark.skipif(
+    not cuda_kernels_runnable(), reason="impl='cuda' needs a GPU and the extension quietstar_fast._C"
+)
+CUDA = pytest.param("cuda", marks=needs_cuda_kernels)
+KERNEL_IMPLS = ["triton", CUDA]
