@@ -7,6 +7,7 @@ Providers
   flex                FlexAttention with a BlockMask of the same mask (CUDA only; compiled)
   torch               quietstar_fast impl="torch" (chunked PyTorch)
   triton              quietstar_fast impl="triton" (CUDA only: the CPU interpreter is for correctness, not speed)
+  cuda                quietstar_fast impl="cuda" (the CUDA C++ kernels; needs the built extension quietstar_fast._C)
 
 Defaults: on CPU a small sweep in fp32 on one thread; on CUDA the issue's target shape sweep in bf16.
 ``--preset cpu-target`` runs the CPU acceptance shape (B=1, Hq=4, Hkv=2, n=1024, a=12, d=64, fp32).
@@ -28,8 +29,8 @@ import bench_utils  # noqa: E402
 from quietstar_fast import ThoughtMaskLayout, official_step_mask, thought_attention  # noqa: E402
 from quietstar_fast.attention.reference import official_sdpa_attention  # noqa: E402
 
-PROVIDERS = ("official", "sdpa_causal_prefix", "flex", "torch", "triton")
-CUDA_ONLY = {"flex", "triton"}
+PROVIDERS = ("official", "sdpa_causal_prefix", "flex", "torch", "triton", "cuda")
+CUDA_ONLY = {"flex", "triton", "cuda"}
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -119,6 +120,7 @@ _FACTORIES = {
     "flex": _flex,
     "torch": _library("torch"),
     "triton": _library("triton"),
+    "cuda": _library("cuda"),
 }
 
 

@@ -7,6 +7,7 @@ Providers
   reference  full (N, V) logits, as the official code (F.cross_entropy / log_softmax, (N, V) Gumbel noise)
   torch      quietstar_fast impl="torch" (row-chunked PyTorch)
   triton     quietstar_fast impl="triton" (CUDA only)
+  cuda       quietstar_fast impl="cuda" (the CUDA C++ kernels; needs the built extension quietstar_fast._C)
 
 Defaults: on CPU N in {512, 2048}, D = 256, V = 32002, fp32 on one thread (labelled CPU); on CUDA
 N in {2048, 8192}, D = 4096, V = 32002, bf16. Results: CSV (Liger's schema) and PNG under benchmarks/results/.
@@ -25,8 +26,8 @@ import bench_utils  # noqa: E402
 
 from quietstar_fast import mixed_cross_entropy, sample_thought_tokens  # noqa: E402
 
-PROVIDERS = ("reference", "torch", "triton")
-CUDA_ONLY = {"triton"}
+PROVIDERS = ("reference", "torch", "triton", "cuda")
+CUDA_ONLY = {"triton", "cuda"}
 OPS = ("mixed_ce", "sample")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 META_TOKENS = (32000, 32001)

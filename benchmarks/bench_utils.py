@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from quietstar_fast.cuda_ext import cuda_extension_available
+
 CSV_COLUMNS = [
     "kernel_name", "kernel_provider", "kernel_operation_mode", "metric_name", "metric_unit", "x_name", "x_label",
     "x_value", "y_value_50", "y_value_20", "y_value_80", "extra_benchmark_config_str", "gpu_name", "timestamp",
@@ -166,6 +168,9 @@ def prepare(args: argparse.Namespace, cuda_only: set[str]) -> tuple[torch.device
     skipped = [p for p in args.providers if p in cuda_only and device.type != "cuda"]
     if skipped:
         print(f"note: skipped GPU-only providers on {device.type}: {', '.join(skipped)}")
+    if "cuda" in args.providers and "cuda" not in skipped and not cuda_extension_available():
+        skipped.append("cuda")
+        print("note: skipped provider cuda: the extension quietstar_fast._C is not built")
     device_name, version = device_description(device), versions()
     print(f"device: {device_name}\nversions: {version}")
     return device, [p for p in args.providers if p not in skipped], device_name, version
