@@ -7,9 +7,8 @@ fails loudly if it cannot be built), ``QUIETSTAR_BUILD_CUDA=0`` skips it. Withou
 ``8.0+PTX;9.0a`` (A100-class SASS, PTX for newer GPUs, and H100 SASS).
 Install with ``pip install --no-build-isolation -e .`` so the build uses the torch already installed.
 """
+import importlib.util
 import os
-import re
-import subprocess
 from pathlib import Path
 
 from setuptools import setup
@@ -25,18 +24,12 @@ DEFAULT_ARCH_LIST = "8.0+PTX;9.0a"
 ROOT = Path(__file__).resolve().parent
 
 
-def _toolkit_from_nvcc() -> str | None:
-    """The CUDA toolkit root as nvcc itself reports it (the nvcc on PATH may be a wrapper outside the toolkit)."""
-    try:
-        dry_run = subprocess.run(["nvcc", "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-                                 capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(r"^#\$ TOP=(.+)$", dry_run.stdout + dry_run.stderr, re.MULTILINE)
-    if match is None:
-        return None
-    root = Path(match.group(1).strip()).resolve()  # TOP is <toolkit>/bin/..
-    return str(root) if (root / "include" / "cuda_runtime.h").exists() else None
+def _find_cuda_toolkit():
+    """quietstar_fast/cuda_toolkit.py, loaded by path: the package is not importable while it is being built."""
+    spec = importlib.util.spec_from_file_location("cuda_toolkit", ROOT / "quietstar_fast" / "cuda_toolkit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.find_cuda_toolkit()
 
 
 def _library_include_flags() -> list[str]:
@@ -59,10 +52,9 @@ def cuda_extensions(build_choice: str) -> list:
     if build_choice == "0":
         return []
     forced = build_choice == "1"
-    if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ:
-        toolkit = _toolkit_from_nvcc()
-        if toolkit is not None:
-            os.environ["CUDA_HOME"] = toolkit  # torch reads it when cpp_extension is imported
+    toolkit = _find_cuda_toolkit()
+    if toolkit is not None and "CUDA_HOME" not in os.environ:
+        os.environ["CUDA_HOME"] = str(toolkit)  # torch reads it when cpp_extension is imported
     try:
         import torch
         from torch.utils import cpp_extension

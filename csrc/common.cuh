@@ -6,9 +6,15 @@
 // softmax statistics there, so the accumulator layout never has to be known.
 #pragma once
 
+#ifdef QUIETSTAR_EMULATION
+#include "emulation/cuda_emulation.h"
+#define QUIETSTAR_DYNAMIC_SMEM(name) char* name = ::quietstar_emulation::dynamic_shared_memory()
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
+#define QUIETSTAR_DYNAMIC_SMEM(name) extern __shared__ __align__(128) char name[]
+#endif
 
 #include <cstdint>
 #include <type_traits>

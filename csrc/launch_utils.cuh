@@ -1,7 +1,9 @@
 // Host helpers of the launchers: dtype dispatch, shared-memory opt-in, launch error checks.
 #pragma once
 
+#ifndef QUIETSTAR_EMULATION
 #include <cuda_runtime.h>
+#endif
 
 #include <stdexcept>
 #include <string>
@@ -45,30 +47,58 @@ void dispatch_head_dim(int head_dim, Body&& body) {
   }
 }
 
+#ifndef QUIETSTAR_EMULATION
 inline void check_cuda(cudaError_t status, const char* what) {
   if (status != cudaSuccess) {
     throw std::runtime_error(std::string("quietstar_fast._C: ") + what + ": " + cudaGetErrorString(status));
   }
 }
 
+inline int device_attribute(cudaDeviceAttr attribute, const char* what) {
+  int device = 0;
+  int value = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&value, attribute, device), what);
+  return value;
+}
+#endif
+
+inline int max_shared_memory_per_block() {
+#ifdef QUIETSTAR_EMULATION
+  return 163 * 1024;  // sm_80's opt-in limit, the smallest of the targets
+#else
+  return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, "querying shared memory");
+#endif
+}
+
 // Lets `kernel` use `bytes` of dynamic shared memory, with a clear error when the device has less.
 template <typename Kernel>
 void allow_shared_memory(Kernel kernel, int64_t bytes, const char* name) {
-  int device = 0;
-  int available = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&available, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-             "querying shared memory");
+  const int available = max_shared_memory_per_block();
   if (bytes > available) {
     throw std::runtime_error(std::string("quietstar_fast._C: kernel ") + name + " needs " + std::to_string(bytes) +
                              " bytes of shared memory per block, the device allows " + std::to_string(available) +
                              "; use impl='triton' on this GPU");
   }
+#ifndef QUIETSTAR_EMULATION
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
              name);
+#endif
 }
 
-inline void check_launch(const char* name) { check_cuda(cudaGetLastError(), name); }
+// kernel<<<grid, block, shared_bytes, stream>>>(args), then the launch error check.
+template <typename Kernel, typename Args>
+void launch_kernel(const char* name, Kernel kernel, dim3 grid, dim3 block, int64_t shared_bytes, cudaStream_t stream,
+                   const Args& args) {
+#ifdef QUIETSTAR_EMULATION
+  (void)name;
+  (void)stream;
+  ::quietstar_emulation::launch(kernel, grid, block, size_t(shared_bytes), args);
+#else
+  kernel<<<grid, block, size_t(shared_bytes), stream>>>(args);
+  check_cuda(cudaGetLastError(), name);
+#endif
+}
 
 inline void check_grid(int64_t x, int64_t y, const char* name) {
   if (x > 2147483647LL || y > 65535) {

@@ -3,8 +3,10 @@
 //
 // Every op is registered for CPU and CUDA with the same function. Arguments are validated first (shapes, dtypes,
 // devices), so the errors read the same everywhere; CPU tensors then get an error that points to impl="torch".
+#ifndef QUIETSTAR_EMULATION
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#endif
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -50,11 +52,28 @@ void check_dtype(const Tensor& x, const char* name, at::ScalarType dtype) {
   TORCH_CHECK_TYPE(x.scalar_type() == dtype, name, " must have dtype ", dtype, ", got ", x.scalar_type());
 }
 
+#ifndef QUIETSTAR_EMULATION
 // The last step of validation: these kernels run on CUDA tensors only.
 void require_cuda(const Tensor& x, const char* op) {
   TORCH_CHECK(x.is_cuda(), "quietstar_fast::", op, " runs on CUDA tensors; the inputs are on ", x.device(),
               ". Use impl=\"torch\" for CPU tensors.");
 }
+
+// Makes x's device current for the launches and gives the stream to launch on.
+struct DeviceScope {
+  explicit DeviceScope(const Tensor& x) : guard(x.device()) {}
+  cudaStream_t stream() const { return at::cuda::getCurrentCUDAStream(); }
+  c10::cuda::CUDAGuard guard;
+};
+#else
+// The CPU emulation of the kernels (tests/emulation/) takes CPU tensors.
+void require_cuda(const Tensor&, const char*) {}
+
+struct DeviceScope {
+  explicit DeviceScope(const Tensor&) {}
+  cudaStream_t stream() const { return nullptr; }
+};
+#endif
 
 Operand operand(const Tensor& x, const char* name) {
   TORCH_CHECK_VALUE(x.stride(3) == 1, name, " must be contiguous in the head dimension (stride 1), got stride ",
@@ -82,6 +101,8 @@ AttentionProblem check_attention(const Tensor& q, const Tensor& k, const Tensor&
   check_same_device(v, "v", q, "q");
   TORCH_CHECK_VALUE(k.sizes() == v.sizes(), "k and v must have the same shape, got ", shape_of(k), " and ",
                     shape_of(v));
+  TORCH_CHECK_VALUE(q.size(0) >= 1 && q.size(1) >= 1, "q must have at least one batch row and head, got shape ",
+                    shape_of(q));
   TORCH_CHECK_VALUE(k.size(0) == q.size(0), "k has batch size ", k.size(0), " but q has ", q.size(0));
   TORCH_CHECK_VALUE(k.size(3) == q.size(3), "k has head_dim ", k.size(3), " but q has ", q.size(3));
   TORCH_CHECK_VALUE(q.size(3) >= 1 && q.size(3) <= 128, "head_dim must be in [1, 128] for the CUDA kernels, got ",
@@ -129,13 +150,13 @@ std::tuple<Tensor, Tensor> thought_attention_fwd(const Tensor& q, const Tensor& 
                                                  int64_t sliding_window, double softmax_scale) {
   AttentionProblem problem = check_attention(q, k, v, key_valid, prefix_len, sliding_window, softmax_scale);
   require_cuda(q, "thought_attention_fwd");
-  const c10::cuda::CUDAGuard guard(q.device());
+  const DeviceScope scope(q);
   Tensor out = at::empty(q.sizes(), q.options());
   Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   ThoughtAttentionArgs& args = problem.args;
   args.o = operand(out, "out");
   args.lse = lse.data_ptr<float>();
-  args.stream = at::cuda::getCurrentCUDAStream();
+  args.stream = scope.stream();
   launch_thought_attention_forward(args);
   return {out, lse};
 }
@@ -162,7 +183,7 @@ std::tuple<Tensor, Tensor, Tensor> thought_attention_bwd(const Tensor& q, const 
     TORCH_CHECK_VALUE(stat->is_contiguous(), name, " must be contiguous");
   }
   require_cuda(q, "thought_attention_bwd");
-  const c10::cuda::CUDAGuard guard(q.device());
+  const DeviceScope scope(q);
   Tensor grad_q = at::empty(q.sizes(), q.options());
   Tensor grad_k = at::empty(k.sizes(), k.options());
   Tensor grad_v = at::empty(v.sizes(), v.options());
@@ -176,7 +197,7 @@ std::tuple<Tensor, Tensor, Tensor> thought_attention_bwd(const Tensor& q, const 
   args.grad_v = operand(grad_v, "grad_v");
   args.grad_lse = grad_lse.has_value() ? grad_lse->data_ptr<float>() : nullptr;
   args.delta = delta.data_ptr<float>();
-  args.stream = at::cuda::getCurrentCUDAStream();
+  args.stream = scope.stream();
   launch_thought_attention_backward(args);
   return {grad_q, grad_k, grad_v};
 }
@@ -251,7 +272,7 @@ std::tuple<Tensor, Tensor, Tensor> linear_softmax_fwd(const Tensor& hidden, cons
   }
   TORCH_CHECK_VALUE(std::isfinite(sample_scale), "sample_scale must be finite, got ", sample_scale);
   require_cuda(hidden, "linear_softmax_fwd");
-  const c10::cuda::CUDAGuard guard(hidden.device());
+  const DeviceScope scope(hidden);
   // Enough vocabulary slices to fill the GPU when the rows alone are too few.
   const int block_m = linear_softmax_block_rows(args.kind);
   const int block_v = linear_softmax_block_vocab(args.kind);
@@ -279,7 +300,7 @@ std::tuple<Tensor, Tensor, Tensor> linear_softmax_fwd(const Tensor& hidden, cons
   args.part_pick = part_pick.data_ptr<float>();
   args.part_best = sample ? part_best.data_ptr<float>() : nullptr;
   args.part_index = sample ? part_index.data_ptr<int32_t>() : nullptr;
-  args.stream = at::cuda::getCurrentCUDAStream();
+  args.stream = scope.stream();
   launch_linear_softmax_forward(args);
 
   // Merge the slices: a few floats per row.
@@ -298,13 +319,13 @@ Tensor linear_softmax_grad(const Tensor& hidden, const Tensor& weight, const Ten
   check_rows(targets, "targets", hidden, at::kLong);
   check_rows(coef, "coef", hidden, at::kFloat);
   require_cuda(hidden, "linear_softmax_grad");
-  const c10::cuda::CUDAGuard guard(hidden.device());
+  const DeviceScope scope(hidden);
   Tensor grad = at::empty({hidden.size(0), weight.size(0)}, hidden.options());
   args.lse = lse.data_ptr<float>();
   args.targets = targets.data_ptr<int64_t>();
   args.coef = coef.data_ptr<float>();
   args.grad_logits = grad.data_ptr();
-  args.stream = at::cuda::getCurrentCUDAStream();
+  args.stream = scope.stream();
   launch_linear_softmax_grad(args);
   return grad;
 }
@@ -312,7 +333,17 @@ Tensor linear_softmax_grad(const Tensor& hidden, const Tensor& weight, const Ten
 }  // namespace
 }  // namespace quietstar
 
-TORCH_LIBRARY(quietstar_fast, m) {
+// The emulation registers the same ops under another namespace, for CPU tensors only.
+#ifdef QUIETSTAR_EMULATION
+#define QUIETSTAR_OPS quietstar_fast_emulated
+#else
+#define QUIETSTAR_OPS quietstar_fast
+#endif
+// One level of indirection so that QUIETSTAR_OPS expands before TORCH_LIBRARY pastes it into names.
+#define QUIETSTAR_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define QUIETSTAR_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
+QUIETSTAR_LIBRARY(QUIETSTAR_OPS, m) {
   m.def(
       "thought_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_valid, int prefix_len, int sliding_window, "
       "float softmax_scale) -> (Tensor, Tensor)");
@@ -328,20 +359,18 @@ TORCH_LIBRARY(quietstar_fast, m) {
       "float inv_t) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(quietstar_fast, CUDA, m) {
-  m.impl("thought_attention_fwd", &quietstar::thought_attention_fwd);
-  m.impl("thought_attention_bwd", &quietstar::thought_attention_bwd);
-  m.impl("linear_softmax_fwd", &quietstar::linear_softmax_fwd);
-  m.impl("linear_softmax_grad", &quietstar::linear_softmax_grad);
-}
+#define QUIETSTAR_IMPLS(m)                                               \
+  m.impl("thought_attention_fwd", &quietstar::thought_attention_fwd); \
+  m.impl("thought_attention_bwd", &quietstar::thought_attention_bwd); \
+  m.impl("linear_softmax_fwd", &quietstar::linear_softmax_fwd);       \
+  m.impl("linear_softmax_grad", &quietstar::linear_softmax_grad)
 
-// CPU tensors reach the same validation, then the error that names impl="torch".
-TORCH_LIBRARY_IMPL(quietstar_fast, CPU, m) {
-  m.impl("thought_attention_fwd", &quietstar::thought_attention_fwd);
-  m.impl("thought_attention_bwd", &quietstar::thought_attention_bwd);
-  m.impl("linear_softmax_fwd", &quietstar::linear_softmax_fwd);
-  m.impl("linear_softmax_grad", &quietstar::linear_softmax_grad);
-}
+#ifndef QUIETSTAR_EMULATION
+QUIETSTAR_LIBRARY_IMPL(QUIETSTAR_OPS, CUDA, m) { QUIETSTAR_IMPLS(m); }
+#endif
+
+// CPU tensors reach the same validation, then the error that names impl="torch" (or, emulated, the kernels).
+QUIETSTAR_LIBRARY_IMPL(QUIETSTAR_OPS, CPU, m) { QUIETSTAR_IMPLS(m); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "quietstar_fast CUDA kernels; importing this module registers torch.ops.quietstar_fast.*";

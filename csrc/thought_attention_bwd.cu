@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kThreads) thought_attention_bwd_dq_kernel(cons
   using Tiles = DqTiles<T, D>;
   constexpr int BM = Tiles::kBlockM;
   constexpr int BN = Tiles::kBlockN;
-  extern __shared__ __align__(128) char smem[];
+  QUIETSTAR_DYNAMIC_SMEM(smem);
   T* q_tile = Tiles::q().in(smem);
   T* grad_o_tile = Tiles::grad_o().in(smem);
   T* k_tile = Tiles::k().in(smem);
@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(kThreads) thought_attention_bwd_prefix_dkdv_ke
   using Tiles = PrefixDkDvTiles<T, D>;
   constexpr int BM = Tiles::kBlockM;
   constexpr int BN = Tiles::kBlockN;
-  extern __shared__ __align__(128) char smem[];
+  QUIETSTAR_DYNAMIC_SMEM(smem);
   T* k_tile = Tiles::k().in(smem);
   T* v_tile = Tiles::v().in(smem);
   T* q_tile = Tiles::q().in(smem);
@@ -357,32 +357,30 @@ void launch_backward(const ThoughtAttentionArgs& args) {
   constexpr int kPreprocessRows = 8;
   const int64_t preprocess_blocks = (rows + kPreprocessRows - 1) / kPreprocessRows;
   check_grid(preprocess_blocks, 1, "thought_attention_bwd_preprocess");
-  thought_attention_bwd_preprocess_kernel<T>
-      <<<unsigned(preprocess_blocks), kPreprocessRows * kWarpSize, 0, args.stream>>>(args);
-  check_launch("thought_attention_bwd_preprocess");
+  launch_kernel("thought_attention_bwd_preprocess", thought_attention_bwd_preprocess_kernel<T>,
+                unsigned(preprocess_blocks), kPreprocessRows * kWarpSize, 0, args.stream, args);
 
   using Dq = DqTiles<T, D>;
   auto dq_kernel = thought_attention_bwd_dq_kernel<T, D>;
   allow_shared_memory(dq_kernel, Dq::kBytes, "thought_attention_bwd_dq");
   const int64_t dq_blocks = int64_t(ceil_div(n, Dq::kBlockM)) * args.batch * args.num_q_heads;
   check_grid(dq_blocks, args.num_query_steps, "thought_attention_bwd_dq");
-  dq_kernel<<<dim3(unsigned(dq_blocks), unsigned(args.num_query_steps)), kThreads, Dq::kBytes, args.stream>>>(args);
-  check_launch("thought_attention_bwd_dq");
+  launch_kernel("thought_attention_bwd_dq", dq_kernel, dim3(unsigned(dq_blocks), unsigned(args.num_query_steps)),
+                kThreads, Dq::kBytes, args.stream, args);
 
   using Prefix = PrefixDkDvTiles<T, D>;
   auto prefix_kernel = thought_attention_bwd_prefix_dkdv_kernel<T, D>;
   allow_shared_memory(prefix_kernel, Prefix::kBytes, "thought_attention_bwd_prefix_dkdv");
   const int64_t prefix_blocks = int64_t(ceil_div(n, Prefix::kBlockN)) * args.batch * args.num_kv_heads;
   check_grid(prefix_blocks, 1, "thought_attention_bwd_prefix_dkdv");
-  prefix_kernel<<<unsigned(prefix_blocks), kThreads, Prefix::kBytes, args.stream>>>(args);
-  check_launch("thought_attention_bwd_prefix_dkdv");
+  launch_kernel("thought_attention_bwd_prefix_dkdv", prefix_kernel,
+                unsigned(prefix_blocks), kThreads, Prefix::kBytes, args.stream, args);
 
   if (args.num_stream_steps > 0) {
     const int64_t stream_blocks = int64_t(ceil_div(n, kStreamRowsPerBlock)) * args.batch * args.num_kv_heads;
     check_grid(stream_blocks, args.num_stream_steps, "thought_attention_bwd_stream_dkdv");
-    thought_attention_bwd_stream_dkdv_kernel<T, D>
-        <<<dim3(unsigned(stream_blocks), unsigned(args.num_stream_steps)), kThreads, 0, args.stream>>>(args);
-    check_launch("thought_attention_bwd_stream_dkdv");
+    launch_kernel("thought_attention_bwd_stream_dkdv", thought_attention_bwd_stream_dkdv_kernel<T, D>,
+                  dim3(unsigned(stream_blocks), unsigned(args.num_stream_steps)), kThreads, 0, args.stream, args);
   }
 }
 

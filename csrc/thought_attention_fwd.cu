@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kThreads) thought_attention_fwd_kernel(const T
   using Tiles = ForwardTiles<T, D>;
   constexpr int BM = Tiles::kBlockM;
   constexpr int BN = Tiles::kBlockN;
-  extern __shared__ __align__(128) char smem[];
+  QUIETSTAR_DYNAMIC_SMEM(smem);
   T* q_tile = Tiles::q().in(smem);
   T* k_tile = Tiles::k().in(smem);
   T* v_tile = Tiles::v().in(smem);
@@ -181,8 +181,8 @@ void launch_thought_attention_forward(const ThoughtAttentionArgs& args) {
       allow_shared_memory(kernel, Tiles::kBytes, "thought_attention_fwd");
       const int64_t grid_x = int64_t(ceil_div(args.prefix_len, Tiles::kBlockM)) * args.batch * args.num_q_heads;
       check_grid(grid_x, args.num_query_steps, "thought_attention_fwd");
-      kernel<<<dim3(unsigned(grid_x), unsigned(args.num_query_steps)), kThreads, Tiles::kBytes, args.stream>>>(args);
-      check_launch("thought_attention_fwd");
+      launch_kernel("thought_attention_fwd", kernel, dim3(unsigned(grid_x), unsigned(args.num_query_steps)), kThreads,
+                    Tiles::kBytes, args.stream, args);
     });
   });
 }

@@ -47,11 +47,12 @@ def _register_fakes() -> None:
 
     @register("quietstar_fast::thought_attention_fwd")
     def _(q, k, v, key_valid, prefix_len, sliding_window, softmax_scale):
-        return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+        # The real ops return contiguous tensors whatever the input strides (HF passes transposed views).
+        return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
     @register("quietstar_fast::thought_attention_bwd")
     def _(q, k, v, out, lse, grad_out, grad_lse, key_valid, prefix_len, sliding_window, softmax_scale):
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
     @register("quietstar_fast::linear_softmax_fwd")
     def _(hidden, weight, targets, noise, seed, banned, inv_t, sample_scale):

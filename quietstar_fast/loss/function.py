@@ -57,14 +57,15 @@ def cuda_backend() -> Backend:
 
     def forward(hidden, weight, targets, noise, generator, banned, inv_t, sample_scale):
         seed = _device_seed(hidden, generator) if targets is None and noise is None else None
+        targets = None if targets is None else targets.long().contiguous()
         lse, picked, tokens = ops().linear_softmax_fwd(
             hidden.contiguous(), weight.contiguous(), targets, None if noise is None else noise.float(), seed,
             banned, inv_t, sample_scale)
         return lse, picked, tokens if targets is None else None
 
     def grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
-        return ops().linear_softmax_grad(hidden.contiguous(), weight.contiguous(), lse, targets,
-                                         coef.float().contiguous(), banned, inv_t)
+        return ops().linear_softmax_grad(hidden.contiguous(), weight.contiguous(), lse.float().contiguous(),
+                                         targets.long().contiguous(), coef.float().contiguous(), banned, inv_t)
 
     return Backend("cuda", forward, grad_logits)
 

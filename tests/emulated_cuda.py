@@ -1,0 +1,67 @@
+"""The CUDA kernels of csrc/, run on the CPU: built as host C++ against csrc/emulation/cuda_emulation.h (about a
+minute, once per machine: torch caches the build), and plugged in behind ``impl="cuda"`` for CPU tensors.
+
+This is how the CPU test suite checks the CUDA kernels' own code (indexing, masks, tiling, synchronisation,
+launch geometry, the op layer) against the reference before any GPU run.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from quietstar_fast.cuda_toolkit import find_cuda_toolkit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def emulation_unavailable_reason() -> str | None:
+    toolkit = find_cuda_toolkit()
+    if toolkit is None or not (toolkit / "include" / "cuda_fp16.h").exists():
+        return "the CUDA toolkit headers (cuda_fp16.h) are not installed"
+    return None
+
+
+@functools.cache
+def emulated_ops():
+    """torch.ops.quietstar_fast_emulated, building the emulation first."""
+    from torch.utils.cpp_extension import load
+
+    # torch's build cache watches the listed sources only; the hash of csrc/ makes any kernel change rebuild.
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "csrc").rglob("*")):
+        if path.is_file():
+            digest.update(path.read_bytes())
+    load(
+        name="quietstar_fast_emulated",
+        sources=[str(ROOT / "tests" / "emulation" / "emulated_ops.cpp")],
+        extra_include_paths=[str(ROOT / "csrc"), str(find_cuda_toolkit() / "include")],
+        extra_cflags=["-DQUIETSTAR_EMULATION", "-O2", "-std=c++20",
+                      f"-DQUIETSTAR_SOURCES={digest.hexdigest()[:16]}"],
+        extra_ldflags=["-pthread"],
+        verbose=os.environ.get("QUIETSTAR_VERBOSE_BUILD") == "1",
+    )
+    return torch.ops.quietstar_fast_emulated
+
+
+@contextlib.contextmanager
+def emulated_cuda_impl(monkeypatch):
+    """Within the block, impl="cuda" runs the emulated kernels on CPU tensors through the real Python wrappers."""
+    import quietstar_fast.attention.api as attention_api
+    import quietstar_fast.attention.cuda_impl as attention_cuda
+    import quietstar_fast.cuda_ext as cuda_ext
+    import quietstar_fast.loss.api as loss_api
+
+    ops = emulated_ops()
+    for module in (attention_api, loss_api):
+        def resolve(impl, x, real=module.resolve_impl):
+            return "cuda" if impl == "cuda" else real(impl, x)
+
+        monkeypatch.setattr(module, "resolve_impl", resolve)
+    monkeypatch.setattr(attention_cuda, "ops", lambda: ops)
+    monkeypatch.setattr(cuda_ext, "ops", lambda: ops)
+    yield
