@@ -103,6 +103,20 @@ __device__ __forceinline__ float warp_max(float x) {
 // contribute nothing (and never NaN from stale shared memory).
 template <typename T, int ROWS, int COLS>
 __device__ __forceinline__ void load_tile(T* dst, int ld, const T* src, int64_t stride, int rows_in, int cols_in) {
+  // Whole rows at 16-byte alignment (16-bit tiles of full head dims and hidden chunks) move as 16-byte vectors.
+  constexpr int kVector = 16 / sizeof(T);
+  const bool vectorizable = COLS % kVector == 0 && cols_in == COLS && ld % kVector == 0 && stride % kVector == 0 &&
+                            reinterpret_cast<uintptr_t>(src) % 16 == 0;
+  if (vectorizable) {
+    for (int index = threadIdx.x; index < ROWS * (COLS / kVector); index += blockDim.x) {
+      const int r = index / (COLS / kVector);
+      const int c = index % (COLS / kVector) * kVector;
+      const uint4 zero{0u, 0u, 0u, 0u};
+      *reinterpret_cast<uint4*>(dst + r * ld + c) =
+          r < rows_in ? *reinterpret_cast<const uint4*>(src + int64_t(r) * stride + c) : zero;
+    }
+    return;
+  }
   for (int index = threadIdx.x; index < ROWS * COLS; index += blockDim.x) {
     const int r = index / COLS;
     const int c = index % COLS;
