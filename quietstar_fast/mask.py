@@ -10,6 +10,10 @@ stream step ``s`` of position ``j`` (``s = 0`` is the real token). The query of 
 (``[C | D | ... | D]``, C = HF causal+padding+window mask, D = C's allowed diagonal). ``ThoughtMaskLayout`` stacks
 those per-step masks for a call that carries the last ``m`` steps' queries at once.
 
+One divergence, by design: the official code takes ``C.max()`` over the whole batch, so for a batch in which every
+position is padding it allows every own-stream key. Here (and in every kernel) a padded position never sees its
+stream keys; such a batch gets o = 0 and lse = -inf. ``official_step_mask`` keeps the official behaviour.
+
 Sliding window: ``i - j < W`` (W keys including the query's own position), the convention of the transformers
 release the official code was written against. Newer transformers releases keep ``i - j <= W``; pass ``W + 1`` to
 reproduce those.

@@ -20,3 +20,12 @@ def _seed():
 @pytest.fixture(scope="session")
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Prints how many cases each property-based test ran (tests/test_fuzz.py)."""
+    fuzz = __import__("sys").modules.get("test_fuzz")
+    if fuzz is not None and fuzz.CASE_COUNTS:
+        terminalreporter.section("property-based cases per op and backend")
+        for name, count in sorted(fuzz.CASE_COUNTS.items()):
+            terminalreporter.write_line(f"{name}: {count}")

@@ -6,7 +6,6 @@ launch geometry, the op layer) against the reference before any GPU run.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
@@ -48,9 +47,9 @@ def emulated_ops():
     return torch.ops.quietstar_fast_emulated
 
 
-@contextlib.contextmanager
-def emulated_cuda_impl(monkeypatch):
-    """Within the block, impl="cuda" runs the emulated kernels on CPU tensors through the real Python wrappers."""
+def use_emulated_cuda_kernels(monkeypatch) -> None:
+    """Until ``monkeypatch`` undoes it, impl="cuda" runs the emulated kernels on CPU tensors through the real Python
+    wrappers (public functions, autograd functions, loss backend)."""
     import quietstar_fast.attention.api as attention_api
     import quietstar_fast.attention.cuda_impl as attention_cuda
     import quietstar_fast.cuda_ext as cuda_ext
@@ -64,4 +63,3 @@ def emulated_cuda_impl(monkeypatch):
         monkeypatch.setattr(module, "resolve_impl", resolve)
     monkeypatch.setattr(attention_cuda, "ops", lambda: ops)
     monkeypatch.setattr(cuda_ext, "ops", lambda: ops)
-    yield

@@ -11,7 +11,7 @@ import torch
 import test_attention_backends as attention_tests
 import test_loss_backends as loss_tests
 import test_loss_official_vector as official_tests
-from emulated_cuda import emulated_cuda_impl, emulation_unavailable_reason
+from emulated_cuda import emulation_unavailable_reason, use_emulated_cuda_kernels
 
 pytestmark = pytest.mark.skipif(emulation_unavailable_reason() is not None,
                                 reason=f"CUDA emulation: {emulation_unavailable_reason()}")
@@ -20,8 +20,7 @@ CPU = "cpu"
 
 @pytest.fixture
 def emulated(monkeypatch):
-    with emulated_cuda_impl(monkeypatch):
-        yield
+    use_emulated_cuda_kernels(monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", attention_tests.DTYPES, ids=str)

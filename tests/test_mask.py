@@ -56,3 +56,19 @@ def test_layout_without_padding_broadcasts_over_batch():
     assert allowed.shape == (1, 1, 5, 15)
     # Each position sees its causal prefix plus itself in both stream blocks.
     assert allowed.sum().item() == sum(i + 1 + 2 for i in range(5))
+
+
+def test_an_all_padding_batch_is_the_one_documented_divergence():
+    """The official code allows a position's own stream keys where C == C.max(), with the max over the whole batch:
+    when every key of every row is padding, C.max() is finfo.min and every diagonal entry counts as allowed. The
+    spec and the kernels give a padded position no stream key, so such a batch gets o = 0 and lse = -inf (found by
+    tests/test_fuzz.py; the fuzz strategies keep at least one real token per batch for this reason)."""
+    from quietstar_fast import thought_attention
+
+    padding = torch.zeros(2, 3, dtype=torch.bool)
+    official_allowed = official_step_mask(3, 1, padding) == 0
+    assert official_allowed[..., 3:].diagonal(dim1=-2, dim2=-1).all()
+    assert not _spec_allowed(ThoughtMaskLayout(3, 1, 1, padding), 2).any()
+    q, k = torch.randn(2, 1, 3, 8), torch.randn(2, 1, 6, 8)
+    out, lse = thought_attention(q, k, k, prefix_len=3, key_padding_mask=padding, return_lse=True, impl="torch")
+    assert torch.all(out == 0) and torch.all(lse == float("-inf"))
