@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(kThreads) thought_attention_fwd_kernel(const T
   T* o_base = head_base<T>(args.o, batch, head);
   for (int r = warp; r < rows_in; r += kWarps) {
     const float l_i = row_sum[r];
-    const bool seen = l_i > 0.f;
+    const bool seen = l_i != 0.f;  // a NaN sum (NaN input) is "seen" too, so the NaN reaches o and lse
     T* o_row = o_base + (first_row + r) * args.o.stride_token;
     for (int c = lane; c < args.head_dim; c += kWarpSize) {
       o_row[c] = from_float<T>(seen ? acc[r * Tiles::kLdO + c] / l_i : 0.f);

@@ -111,7 +111,7 @@ def thought_attention_fwd_kernel(
                                      offs_m, start_n, offs_n_base, offs_d, d_in, prefix_len, window, qk_scale,
                                      True, HAS_PADDING, HAS_WINDOW, UPCAST, DOT_PRECISION)
 
-    seen = l_i > 0.0
+    seen = l_i != 0.0  # a NaN sum (NaN input) counts as seen, so the NaN reaches o and lse
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     o_base = O + head_offset(batch, head, stride_ob, stride_oh)
     store_rows(o_base, q_rows, stride_ot, offs_d, row_in, d_in, out)

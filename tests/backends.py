@@ -1,7 +1,8 @@
 """Which backends the parametrised tests run: "cuda" needs a GPU and the built extension quietstar_fast._C.
 
-Without a GPU the cuda cases skip. On a GPU they run; set QUIETSTAR_REQUIRE_CUDA_EXTENSION=1 (the GPU check script
-does) so that a missing extension fails them instead of skipping them.
+Without a GPU the cuda cases skip (or, where a test asks for ``every_backend``, run through the CPU emulation of
+the CUDA kernels). On a GPU they run; set QUIETSTAR_REQUIRE_CUDA_EXTENSION=1 (the GPU check script does) so that a
+missing extension fails them instead of skipping them.
 """
 import os
 
@@ -22,3 +23,20 @@ needs_cuda_kernels = pytest.mark.skipif(
 )
 CUDA = pytest.param("cuda", marks=needs_cuda_kernels)
 KERNEL_IMPLS = ["triton", CUDA]
+
+
+def every_backend():
+    """Backend ids for tests that run every kernel this machine can run: torch, triton (interpreted on CPU), and the
+    CUDA kernels (on a GPU, or emulated on CPU as "cuda-emulated"). The ``impl_for`` fixture (conftest.py) maps an
+    id to the impl string."""
+    from emulated_cuda import emulation_unavailable_reason
+
+    backends = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton")]
+    if torch.cuda.is_available():
+        backends.append(pytest.param("cuda", id="cuda", marks=needs_cuda_kernels))
+    else:
+        reason = emulation_unavailable_reason()
+        backends.append(pytest.param("cuda-emulated", id="cuda-emulated", marks=pytest.mark.skipif(
+            reason is not None, reason=f"CUDA emulation: {reason}")))
+    return backends
+

@@ -22,6 +22,20 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.fixture
+def impl_for(monkeypatch):
+    """Maps a backend id of ``backends.every_backend`` to the impl string, switching the CPU emulation of the CUDA
+    kernels on for "cuda-emulated"."""
+    def select(backend: str) -> str:
+        if backend == "cuda-emulated":
+            from emulated_cuda import use_emulated_cuda_kernels
+
+            use_emulated_cuda_kernels(monkeypatch)
+            return "cuda"
+        return backend
+    return select
+
+
 def pytest_terminal_summary(terminalreporter):
     """Prints how many cases each property-based test ran (tests/test_fuzz.py)."""
     fuzz = __import__("sys").modules.get("test_fuzz")

@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attention_cases import Case, Problem, run
-from backends import CUDA
-from emulated_cuda import emulation_unavailable_reason, use_emulated_cuda_kernels
+from backends import every_backend
 from quietstar_fast import mixed_cross_entropy, sample_thought_tokens
 from tolerance import assert_fa_rule
 
@@ -35,30 +34,8 @@ DEVICE = "cuda" if ON_GPU else "cpu"
 CASE_COUNTS: dict[str, int] = {}
 
 
-def _backends():
-    """(test id, impl) pairs: on CPU the CUDA kernels run through the emulation."""
-    backends = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton")]
-    if ON_GPU:
-        backends.append(pytest.param("cuda", id="cuda", marks=CUDA.marks))
-    else:
-        backends.append(pytest.param("cuda-emulated", id="cuda-emulated", marks=pytest.mark.skipif(
-            emulation_unavailable_reason() is not None, reason=f"CUDA emulation: {emulation_unavailable_reason()}")))
-    return backends
-
-
 def _examples(backend: str) -> int:
     return CI_EXAMPLES[backend] if PROFILE == "ci" else settings.get_profile(PROFILE).max_examples
-
-
-@pytest.fixture
-def impl_for(monkeypatch):
-    """Maps a backend id to the impl string, switching the emulation on for "cuda-emulated"."""
-    def select(backend: str) -> str:
-        if backend == "cuda-emulated":
-            use_emulated_cuda_kernels(monkeypatch)
-            return "cuda"
-        return backend
-    return select
 
 
 def _run_counted(name: str, check) -> None:
@@ -120,7 +97,7 @@ def _attention_problem(case: Case, mask, dtype, noncontiguous: bool, seed: int) 
     return Problem(q, k, v, grad_out, grad_lse, None if mask is None else mask.to(DEVICE), case)
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", every_backend())
 def test_thought_attention_fuzz(backend, impl_for):
     impl = impl_for(backend)
     max_head_dim = 128 if impl == "cuda" else 256
@@ -177,7 +154,7 @@ def _cross_entropy(tensors, targets, impl, dtype=None):
     return {"loss": loss.detach(), **{f"d_{k}": g for k, g in zip(leaves, grads)}}
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", every_backend())
 def test_mixed_cross_entropy_fuzz(backend, impl_for):
     impl = impl_for(backend)
 
@@ -200,7 +177,7 @@ def test_mixed_cross_entropy_fuzz(backend, impl_for):
     _run_counted(f"mixed_cross_entropy[{backend}]", check)
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", every_backend())
 def test_sample_thought_tokens_fuzz(backend, impl_for):
     impl = impl_for(backend)
 

@@ -101,7 +101,7 @@ class _ThoughtAttentionTorch(torch.autograd.Function):
                 stream_probs.sub_(shift).exp_()
                 row_sum += stream_probs.sum(dim=-1)
                 acc += torch.einsum("bhgmcs,bhscd->bhgmcd", stream_probs, chunk.vs)
-            seen = row_sum > 0
+            seen = row_sum != 0  # a NaN sum (NaN input) counts as seen: the NaN reaches o and lse
             out[..., i0:i1, :] = acc / torch.where(seen, row_sum, 1.0)[..., None]
             lse[..., i0:i1] = torch.where(seen, shift[..., 0] + torch.log(row_sum), float("-inf"))
         out = out.view(b, hkv * g, m * n, d)
