@@ -69,8 +69,10 @@ class _Chunk:
         return scores.masked_fill_(self.prefix_hidden, float("-inf"))
 
     def stream_scores(self) -> torch.Tensor:
+        # Out of place: einsum returns a permuted view, and torch.compile cannot functionalise an in-place update of
+        # it (the inverse view does not exist).
         scores = torch.einsum("bhgmcd,bhscd->bhgmcs", self.q, self.ks)
-        return scores.masked_fill_(self.stream_hidden, float("-inf"))
+        return scores.masked_fill(self.stream_hidden, float("-inf"))
 
     def prefix_times(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """weights (B, Hkv, G, m, c, L) @ values (B, Hkv, L, d) -> (B, Hkv, G, m, c, d)."""
@@ -142,7 +144,7 @@ class _ThoughtAttentionTorch(torch.autograd.Function):
             dv[:, :, j0:i1] += torch.matmul(chunk.rows(probs).transpose(-1, -2), chunk.rows(d_out))
             if chunk.has_stream:
                 stream_probs = chunk.stream_scores().sub_(chunk_lse).exp_()
-                d_stream = torch.einsum("bhgmcd,bhscd->bhgmcs", d_out, chunk.vs).sub_(delta).mul_(stream_probs)
+                d_stream = (torch.einsum("bhgmcd,bhscd->bhgmcs", d_out, chunk.vs) - delta) * stream_probs
                 dq_chunk += torch.einsum("bhgmcs,bhscd->bhgmcd", d_stream, chunk.ks)
                 dks[..., i0:i1, :] += torch.einsum("bhgmcs,bhgmcd->bhscd", d_stream, chunk.q)
                 dvs[..., i0:i1, :] += torch.einsum("bhgmcs,bhgmcd->bhscd", stream_probs, d_out)

@@ -47,7 +47,10 @@ def check_targets(targets: object, hidden: torch.Tensor, vocab: int, ignore_inde
     if targets.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"targets must be int64 or int32 token ids, got {targets.dtype}")
     bad = ((targets < 0) | (targets >= vocab)) & (targets != ignore_index)
-    if bool(bad.any()):
+    if torch.compiler.is_compiling():
+        # No data-dependent branch in a compiled graph: the check runs on the device and fails the step there.
+        torch._assert_async(~bad.any(), f"targets must lie in [0, {vocab}) or equal ignore_index={ignore_index}")
+    elif bool(bad.any()):
         example = int(targets[bad][0])
         raise ValueError(f"targets must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found {example}")
 
@@ -61,14 +64,21 @@ def check_temperature(name: str, value: object) -> float:
 def banned_mask(
     banned_token_ids: Sequence[int] | torch.Tensor, vocab: int, device: torch.device
 ) -> torch.Tensor | None:
-    """(V,) int8 flags of the banned ids, or None when nothing is banned."""
-    ids = torch.as_tensor(banned_token_ids, dtype=torch.int64).flatten().cpu()
-    if ids.numel() == 0:
+    """(V,) int8 flags of the banned ids, or None when nothing is banned. A Python sequence is checked on the host
+    without touching a tensor (so compiled graphs need no sync); a tensor is checked too, except inside a compiled
+    graph, where its values are unknown."""
+    if isinstance(banned_token_ids, torch.Tensor):
+        ids = banned_token_ids.flatten().to(device=device, dtype=torch.int64)
+        if ids.numel() == 0:
+            return None
+        if torch.compiler.is_compiling():
+            return torch.zeros(vocab, dtype=torch.int8, device=device).index_fill_(0, ids, 1)
+        banned_token_ids = ids.tolist()
+    ids = [int(i) for i in banned_token_ids]
+    if not ids:
         return None
-    if bool(((ids < 0) | (ids >= vocab)).any()):
-        raise ValueError(f"banned_token_ids must lie in [0, {vocab}), got {ids.tolist()}")
-    mask = torch.zeros(vocab, dtype=torch.int8)
-    mask[ids] = 1
-    if bool(mask.all()):
+    if any(i < 0 or i >= vocab for i in ids):
+        raise ValueError(f"banned_token_ids must lie in [0, {vocab}), got {ids}")
+    if len(set(ids)) == vocab:
         raise ValueError("banned_token_ids bans the whole vocabulary: nothing could be sampled")
-    return mask.to(device)
+    return torch.zeros(vocab, dtype=torch.int8, device=device).index_fill_(0, torch.tensor(ids, device=device), 1)
