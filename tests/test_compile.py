@@ -1,7 +1,7 @@
 """torch.compile(fullgraph=True) and torch.export with the ops: no graph breaks, same numbers as eager.
 
-On CPU the torch backend is compiled; on a GPU the Triton and CUDA backends too (the CUDA ops are torch.library
-ops with fake kernels, quietstar_fast/cuda_ext.py).
+The torch backend is traced; the Triton kernels (interpreted on CPU) and the CUDA kernels (on a GPU) are
+torch.library custom ops with fake kernels and registered autograd, opaque to the compiler.
 """
 import pytest
 import torch
@@ -15,7 +15,7 @@ from quietstar_fast.hf import ThoughtLayout, apply_quietstar_kernels, thought_ca
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
-BACKENDS = ["torch"] + (["triton", CUDA] if ON_GPU else [])
+BACKENDS = ["torch", "triton"] + ([CUDA] if ON_GPU else [])
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The autograd function behind both LM-head ops, generic over a backend ("torch" or "triton").
+"""The autograd function behind both LM-head ops, generic over a backend ("torch", "triton" or "cuda").
 
 For z = hidden @ weight^T it returns nll = lse(z * inv_t) - inv_t * z[target]: the cross-entropy when targets are
 given (inv_t = 1), or minus the policy log-prob of a Gumbel-max sample when they are not.
@@ -10,7 +10,6 @@ from typing import Callable
 
 import torch
 
-from .._platform import triton_interpreting
 from .chunked import chunked_linear_backward, torch_forward, torch_grad_logits
 
 
@@ -34,40 +33,34 @@ def _device_seed(hidden: torch.Tensor, generator: torch.Generator | None) -> tor
     return torch.randint(0, 2**62, (1,), generator=generator, device=device).to(hidden.device)
 
 
-def triton_backend() -> Backend:
-    from ..kernels.linear_softmax import linear_softmax_forward, linear_softmax_grad
-
-    interpret = triton_interpreting()
+def _fused_backend(name: str, ops) -> Backend:
+    """A Backend over ops with the schema of ``quietstar_fast_triton::linear_softmax_*`` (Triton custom ops) or
+    ``quietstar_fast::linear_softmax_*`` (the CUDA extension): sampling draws its seed on the device."""
 
     def forward(hidden, weight, targets, noise, generator, banned, inv_t, sample_scale):
         seed = _device_seed(hidden, generator) if targets is None and noise is None else None
-        return linear_softmax_forward(hidden.contiguous(), weight.contiguous(), targets=targets, noise=noise,
-                                      seed=seed, banned=banned, inv_t=inv_t, sample_scale=sample_scale,
-                                      interpret=interpret)
+        lse, picked, tokens = ops.linear_softmax_fwd(
+            hidden.contiguous(), weight.contiguous(), None if targets is None else targets.long().contiguous(),
+            None if noise is None else noise.float(), seed, banned, inv_t, sample_scale)
+        return lse, picked, tokens if targets is None else None
 
     def grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
-        return linear_softmax_grad(hidden.contiguous(), weight.contiguous(), lse, targets, coef.float().contiguous(),
-                                   banned, inv_t, interpret)
+        return ops.linear_softmax_grad(hidden.contiguous(), weight.contiguous(), lse.float().contiguous(),
+                                       targets.long().contiguous(), coef.float().contiguous(), banned, inv_t)
 
-    return Backend("triton", forward, grad_logits)
+    return Backend(name, forward, grad_logits)
+
+
+def triton_backend() -> Backend:
+    from . import triton_ops
+
+    return _fused_backend("triton", triton_ops)
 
 
 def cuda_backend() -> Backend:
     from ..cuda_ext import ops
 
-    def forward(hidden, weight, targets, noise, generator, banned, inv_t, sample_scale):
-        seed = _device_seed(hidden, generator) if targets is None and noise is None else None
-        targets = None if targets is None else targets.long().contiguous()
-        lse, picked, tokens = ops().linear_softmax_fwd(
-            hidden.contiguous(), weight.contiguous(), targets, None if noise is None else noise.float(), seed,
-            banned, inv_t, sample_scale)
-        return lse, picked, tokens if targets is None else None
-
-    def grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
-        return ops().linear_softmax_grad(hidden.contiguous(), weight.contiguous(), lse.float().contiguous(),
-                                         targets.long().contiguous(), coef.float().contiguous(), banned, inv_t)
-
-    return Backend("cuda", forward, grad_logits)
+    return _fused_backend("cuda", ops())
 
 
 class _LinearNLL(torch.autograd.Function):
