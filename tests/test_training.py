@@ -1,5 +1,5 @@
 """Training with QuietStar: the bundled example resumes exactly, the fast and reference paths give matching loss
-curves over 20 steps (like Liger's convergence tests), and DDP over 2 processes matches one process."""
+curves over 20 steps (like Liger's convergence tests), and DDP or FSDP over 2 processes matches one process."""
 import os
 import sys
 from pathlib import Path
@@ -58,26 +58,40 @@ def _tiny_quietstar():
     return quiet, ids, noise
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, out_file: str):
+def _wrap(quiet: QuietStar, strategy: str, world: int) -> torch.nn.Module:
+    if strategy == "ddp":
+        return torch.nn.parallel.DistributedDataParallel(quiet)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    return fully_shard(quiet, mesh=init_device_mesh("cpu", (world,)))
+
+
+def _distributed_worker(rank: int, world: int, strategy: str, init_file: str, out_file: str):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     quiet, ids, noise = _tiny_quietstar()
     share = ids.shape[0] // world
     rows = slice(rank * share * 2, (rank + 1) * share * 2)  # n_passes = 2 rows per example
-    model = torch.nn.parallel.DistributedDataParallel(quiet)
+    model = _wrap(quiet, strategy, world)
     model(ids[rank * share:(rank + 1) * share], gumbel_noise=noise[:, rows]).loss.backward()
+    # FSDP leaves each rank a shard of every gradient (a DTensor); gather them to compare.
+    grads = {name: getattr(p.grad, "full_tensor", lambda g=p.grad: g)() for name, p in quiet.named_parameters()}
     if rank == 0:
-        torch.save({name: p.grad for name, p in quiet.named_parameters()}, out_file)
+        torch.save(grads, out_file)
     torch.distributed.destroy_process_group()
 
 
-def test_ddp_two_processes_match_one_process_on_the_combined_batch(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_process_on_the_combined_batch(strategy, tmp_path):
+    """DDP, and FSDP (fully_shard, parameters sharded over the 2 ranks), over gloo on CPU."""
     quiet, ids, noise = _tiny_quietstar()
     quiet(ids, gumbel_noise=noise).loss.backward()
     single = {name: p.grad for name, p in quiet.named_parameters()}
     out_file = str(tmp_path / "grads.pt")
     env_backup = dict(os.environ)
     try:
-        torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2)
+        torch.multiprocessing.spawn(_distributed_worker, args=(2, strategy, str(tmp_path / "init"), out_file),
+                                    nprocs=2)
     finally:
         os.environ.clear()
         os.environ.update(env_backup)
