@@ -249,6 +249,8 @@ def test_bad_input_is_refused():
         QuietStar(model, start_token_id=95, end_token_id=200, init_token_id=5)
     with pytest.raises(ValueError, match="impl must be one of"):
         QuietStar(model, start_token_id=95, end_token_id=96, init_token_id=5, impl="turbo")
+    with pytest.raises(ValueError, match="kernel_impl must be one of"):
+        QuietStar(model, start_token_id=95, end_token_id=96, init_token_id=5, kernel_impl="reference")
     with pytest.raises(ValueError, match="max_position_embeddings"):
         reference(torch.randint(1, 95, (1, 125)))
     left_padded = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]])

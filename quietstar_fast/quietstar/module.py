@@ -13,6 +13,7 @@ from .tokens import END_THOUGHT, INIT_TEXT, START_THOUGHT
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 IMPLS = ("fast", "reference")
+KERNEL_IMPLS = ("auto", "triton", "cuda", "torch")
 
 
 @dataclass
@@ -111,7 +112,8 @@ class QuietStar(nn.Module):
         impl: "fast" (thought attention, one call for the T talk steps, fused LM-head ops) or "reference" (the
             official computation: dense masks through stock SDPA attention with the KV cache, full logits). Both give
             the same numbers; the attribute can be switched between calls.
-        kernel_impl: backend of the fused ops in the fast path ("auto", "triton", "torch").
+        kernel_impl: backend of the thought attention and the fused LM-head ops in the fast path ("auto", "triton",
+            "cuda", "torch").
         Other keyword arguments set ``QuietStarConfig`` fields (n_ahead=12, n_ahead_talk=4, n_passes=2, ...).
 
     The model's attention is switched to the "quietstar_thought" implementation (``apply_quietstar_kernels``),
@@ -139,6 +141,8 @@ class QuietStar(nn.Module):
             )
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        if kernel_impl not in KERNEL_IMPLS:
+            raise ValueError(f"kernel_impl must be one of {KERNEL_IMPLS}, got {kernel_impl!r}")
         if tokenizer is not None:
             start_token_id, end_token_id, init_token_id, pad_token_id = _ids_from_tokenizer(
                 tokenizer, start_token_id, end_token_id, init_token_id, pad_token_id)
