@@ -17,6 +17,7 @@ from torch import nn
 from .attention import thought_attention
 
 ATTENTION_NAME = "quietstar_thought"
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 _PREVIOUS = "_quietstar_previous_attn_implementation"
 # transformers returns a 4-D attention_mask as-is instead of building one: thought calls pass this empty one, so no
 # (n x n*(a+1)) mask is ever built; the thought attention ignores it and takes its ThoughtLayout instead.
@@ -65,6 +66,9 @@ def _register() -> None:
 
 def apply_quietstar_kernels(model: nn.Module) -> nn.Module:
     """Route the model's attention through ``thought_attention`` for calls carrying a ``quietstar_layout``."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"model must be one of the {SUPPORTED_MODEL_TYPES} families, got model_type={model_type!r}")
     _register()
     current = model.config._attn_implementation
     if current != ATTENTION_NAME:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check, one script: build the CUDA extension, GPU tests (bf16 included; impl="cuda" must not skip),
-# compute-sanitizer on one small case of every kernel, benchmarks; logs and CSVs go to $OUT.
+# The GPU check, one script: build the CUDA extension, GPU tests (bf16, determinism and offsets past 2**31
+# included; impl="cuda" must not skip), compute-sanitizer on one small case of every kernel, benchmarks, and the
+# long property-based profile; logs and CSVs go to $OUT.
 # Run on a CUDA machine whose python3 already has a CUDA torch and triton, e.g. through the device tool:
 #   OUT=/some/dir bash scripts/gpu_check.sh
 # STAGES picks a subset (default: all, in this order) so that a short device lease can split the work:
@@ -11,7 +12,7 @@ OUT=${OUT:-benchmarks/results/gpu_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 QUIETSTAR_REQUIRE_CUDA_EXTENSION=1
 PY=${PYTHON:-python3}
-STAGES=" ${STAGES:-build tests sanitizer bench} "
+STAGES=" ${STAGES:-build tests sanitizer bench fuzz} "
 stage() { [[ "$STAGES" == *" $1 "* ]]; }
 {
   date -u
@@ -49,5 +50,9 @@ if stage bench; then
     $PY benchmarks/$bench --out "$OUT" 2>&1 | tee "$OUT/$name.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   done
+fi
+if stage fuzz; then
+  QUIETSTAR_FUZZ_PROFILE=long $PY -m pytest -q tests/test_fuzz.py 2>&1 | tee "$OUT/fuzz_long.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 exit $status

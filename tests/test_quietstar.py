@@ -243,6 +243,8 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="model_type"):
         QuietStar(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2)),
                   start_token_id=0, end_token_id=1, init_token_id=2)
+    with pytest.raises(ValueError, match="model_type='gpt2'"):
+        apply_quietstar_kernels(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2)))
     with pytest.raises(ValueError, match="n_ahead must be at least 3"):
         QuietStar(model, start_token_id=95, end_token_id=96, init_token_id=5, n_ahead=2)
     with pytest.raises(ValueError, match="end_token_id=200 is outside"):

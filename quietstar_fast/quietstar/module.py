@@ -6,12 +6,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..hf import apply_quietstar_kernels
+from ..hf import SUPPORTED_MODEL_TYPES, apply_quietstar_kernels
 from .config import QuietStarConfig
 from .objective import quietstar_objective
 from .tokens import END_THOUGHT, INIT_TEXT, START_THOUGHT
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 IMPLS = ("fast", "reference")
 KERNEL_IMPLS = ("auto", "triton", "cuda", "torch")
 
