@@ -26,11 +26,14 @@ def max_abs_error(x: torch.Tensor, oracle: torch.Tensor) -> float:
     return float(diff.max()) if diff.numel() else 0.0
 
 
-def assert_fa_rule(name: str, out: torch.Tensor, baseline: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype):
+def assert_fa_rule(name: str, out: torch.Tensor, baseline: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype,
+                   input_noise: float = 0.0):
+    """``input_noise``: the rounding noise the result inherits from 16-bit intermediates that are not its own dtype
+    (an fp32 loss over bf16 logits), for shapes so small that the baseline's error can be a lucky near-zero."""
     assert out.shape == oracle.shape, f"{name}: shape {tuple(out.shape)} != {tuple(oracle.shape)}"
     assert torch.equal(torch.isinf(out), torch.isinf(oracle)), f"{name}: -inf pattern differs from the oracle"
     assert not torch.isnan(out).any(), f"{name}: NaN in result"
     err = max_abs_error(out, oracle)
     base_err = max_abs_error(baseline, oracle)
-    bound = 2 * base_err + rounding_atol(oracle, dtype)
+    bound = 2 * base_err + rounding_atol(oracle, dtype) + input_noise
     assert err <= bound, f"{name}: max error {err:.3g} > bound {bound:.3g} (baseline error {base_err:.3g})"
