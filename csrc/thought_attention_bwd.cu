@@ -91,15 +91,10 @@ __global__ void __launch_bounds__(kThreads) thought_attention_bwd_dq_kernel(cons
   float* delta = Tiles::delta().in(smem);
 
   const int n = args.prefix_len;
-  const int num_blocks = ceil_div(n, BM);
-  const int block_start = (num_blocks - 1 - int(blockIdx.x % num_blocks)) * BM;
-  const int batch_head = blockIdx.x / num_blocks;
-  const int batch = batch_head / args.num_q_heads;
-  const int head = batch_head % args.num_q_heads;
-  const int query_step = blockIdx.y;
-  const int step = args.num_stream_steps + 1 - args.num_query_steps + query_step;
-  const int kv_head = head / (args.num_q_heads / args.num_kv_heads);
-  const int rows_in = min(BM, n - block_start);
+  const QueryBlock block = QueryBlock::decode(args, BM);
+  const int block_start = block.block_start, rows_in = block.rows_in, step = block.step;
+  const int batch = block.batch, head = block.head, kv_head = block.kv_head;
+  const int64_t first_row = block.first_row;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const float scale_log2 = args.softmax_scale * kLog2e;
@@ -107,7 +102,6 @@ __global__ void __launch_bounds__(kThreads) thought_attention_bwd_dq_kernel(cons
 
   const T* k_base = head_base<const T>(args.k, batch, kv_head);
   const T* v_base = head_base<const T>(args.v, batch, kv_head);
-  const int64_t first_row = int64_t(query_step) * n + block_start;
   load_tile<T, BM, D>(q_tile, Tiles::kLd, head_base<const T>(args.q, batch, head) + first_row * args.q.stride_token,
                       args.q.stride_token, rows_in, args.head_dim);
   load_tile<T, BM, D>(grad_o_tile, Tiles::kLd,

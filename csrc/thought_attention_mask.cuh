@@ -31,6 +31,33 @@ __device__ __forceinline__ ThoughtMask make_mask(const ThoughtAttentionArgs& arg
   return ThoughtMask{valid, args.prefix_len, args.window};
 }
 
+// What a block of the query-side kernels (forward, dQ) works on: grid (blocks * batch * q heads, query steps).
+struct QueryBlock {
+  int block_start;  // first query position of the block
+  int rows_in;      // positions of the block inside the prefix
+  int batch, head, kv_head;
+  int query_step;   // index into q's m steps
+  int step;         // the thought step those queries belong to
+  int64_t first_row;  // q row of the block's first query
+
+  // Last blocks first: in a causal pattern they see the most keys, and starting them early shortens the tail.
+  __device__ static QueryBlock decode(const ThoughtAttentionArgs& args, int block_m) {
+    const int n = args.prefix_len;
+    const int num_blocks = (n + block_m - 1) / block_m;
+    QueryBlock block;
+    block.block_start = (num_blocks - 1 - int(blockIdx.x % num_blocks)) * block_m;
+    block.rows_in = min(block_m, n - block.block_start);
+    const int batch_head = blockIdx.x / num_blocks;
+    block.batch = batch_head / args.num_q_heads;
+    block.head = batch_head % args.num_q_heads;
+    block.kv_head = block.head / (args.num_q_heads / args.num_kv_heads);
+    block.query_step = blockIdx.y;
+    block.step = args.num_stream_steps + 1 - args.num_query_steps + block.query_step;
+    block.first_row = int64_t(block.query_step) * n + block.block_start;
+    return block;
+  }
+};
+
 // Base pointer of (batch, head) in an operand, with 64-bit offsets.
 template <typename T>
 __device__ __forceinline__ T* head_base(const Operand& x, int batch, int head) {
