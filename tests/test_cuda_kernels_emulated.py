@@ -88,3 +88,12 @@ def test_vocabulary_slices_are_merged(emulated):
     logits = hidden.double() @ weight.double().T
     torch.testing.assert_close(lse.double(), torch.logsumexp(logits, -1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(picked.double(), logits.gather(1, targets[:, None]).squeeze(1), rtol=1e-5, atol=1e-5)
+
+
+def test_quietstar_fast_step_reproduces_the_official_code(emulated):
+    """The whole training step with kernel_impl="cuda": the thought attention inside the HF model and the fused
+    LM-head ops, against the official implementation's numbers."""
+    pytest.importorskip("transformers", reason="the Quiet-STaR step needs transformers")
+    import test_quietstar as quietstar_tests
+
+    quietstar_tests._check_against_official("nonzero", "fast", "cuda", rtol=1e-5, grad_rtol=3e-4, device=CPU)

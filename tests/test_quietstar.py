@@ -8,6 +8,7 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="the HF integration tests need transformers")
 
+from backends import KERNEL_IMPLS  # noqa: E402
 from quietstar_fast import QuietStar, apply_quietstar_kernels, revert_quietstar_kernels  # noqa: E402
 
 DATA = torch.load(Path(__file__).parent / "data" / "official_quietstar_tiny.pt", weights_only=True)
@@ -87,9 +88,11 @@ def test_fast_path_reproduces_the_official_code(case_name):
     _check_against_official(case_name, "fast", "torch", rtol=1e-5, grad_rtol=2e-4)
 
 
-def test_fast_path_with_triton_kernels_reproduces_the_official_code(device):
-    # On CPU the Triton kernels run in the interpreter; on a GPU, compiled.
-    _check_against_official("nonzero", "fast", "triton", rtol=1e-5, grad_rtol=3e-4, device=device)
+@pytest.mark.parametrize("kernel_impl", KERNEL_IMPLS)
+def test_fast_path_with_kernels_reproduces_the_official_code(kernel_impl, device):
+    # On CPU the Triton kernels run in the interpreter (the CUDA ones in test_cuda_kernels_emulated.py); on a GPU,
+    # both compiled.
+    _check_against_official("nonzero", "fast", kernel_impl, rtol=1e-5, grad_rtol=3e-4, device=device)
 
 
 def test_every_parameter_gets_the_official_gradient_set():
