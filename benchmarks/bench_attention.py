@@ -159,14 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         for provider in providers:
             inputs, mask = _inputs(shape, device)
             forward = _FACTORIES[provider](shape, *inputs, mask)
-            for mode in args.modes:
-                fn = forward if mode == "fwd" else bench_utils.with_backward(forward, inputs)
-                measured = bench_utils.measure(fn, device, args.repeats, f"{provider} {mode} {config}")
-                if measured is None:
-                    continue
-                timing, peak = measured
-                common = dict(kernel="thought_attention", provider=provider, mode=mode, x_name="n",
-                              x_value=shape.n, config=config, device_name=device_name, library_version=version)
+            measured = bench_utils.measure_modes(
+                forward, inputs, args.modes, device, args.repeats, f"{provider} {config}", kernel="thought_attention",
+                provider=provider, x_name="n", x_value=shape.n, config=config, device_name=device_name,
+                library_version=version)
+            for mode, timing, peak, common in measured:
                 rows += bench_utils.time_and_memory_rows(timing, peak, **common)
                 flops = shape.fwd_flops() * (1.0 if mode == "fwd" else 3.5)
                 tflops = tuple(flops / (t * 1e-3) / 1e12 for t in timing)

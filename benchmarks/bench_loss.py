@@ -95,14 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             for provider in providers:
                 torch.manual_seed(0)
                 forward, leaves = _forward(op, provider, shape, device)
-                for mode in args.modes:
-                    fn = forward if mode == "fwd" else bench_utils.with_backward(forward, leaves)
-                    measured = bench_utils.measure(fn, device, args.repeats, f"{op} {provider} {mode} {config}")
-                    if measured is None:
-                        continue
-                    timing, peak = measured
-                    common = dict(kernel=op, provider=provider, mode=mode, x_name="N", x_value=n, config=config,
-                                  device_name=device_name, library_version=version)
+                measured = bench_utils.measure_modes(
+                    forward, leaves, args.modes, device, args.repeats, f"{op} {provider} {config}", kernel=op,
+                    provider=provider, x_name="N", x_value=n, config=config, device_name=device_name,
+                    library_version=version)
+                for mode, timing, peak, common in measured:
                     csv_rows += bench_utils.time_and_memory_rows(timing, peak, **common)
                     table.append((op, shape, provider, mode, timing[0], peak))
                 del forward, leaves

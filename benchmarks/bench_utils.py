@@ -192,6 +192,17 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int, label:
         return None
 
 
+def measure_modes(forward: Callable[[], torch.Tensor], leaves, modes, device: torch.device, repeats: int,
+                  label: str, **common):
+    """Measures ``forward`` alone ("fwd") and with its backward into ``leaves`` ("fwd_bwd"), for each mode asked.
+    Yields (mode, timing, peak MB, CSV fields: ``common`` plus the mode); a mode that runs out of memory is skipped."""
+    for mode in modes:
+        fn = forward if mode == "fwd" else with_backward(forward, leaves)
+        measured = measure(fn, device, repeats, f"{label} {mode}")
+        if measured is not None:
+            yield mode, *measured, {**common, "mode": mode}
+
+
 def results_path(args: argparse.Namespace, device: torch.device, stem: str) -> Path:
     tag = args.tag or ("cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).replace(" ", "_"))
     return args.out / f"{stem}_{tag}.csv"
