@@ -5,8 +5,12 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <map>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "common.cuh"
 #include "launch.h"
@@ -54,12 +58,25 @@ inline void check_cuda(cudaError_t status, const char* what) {
   }
 }
 
-inline int device_attribute(cudaDeviceAttr attribute, const char* what) {
+inline int current_device() {
   int device = 0;
-  int value = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&value, attribute, device), what);
-  return value;
+  return device;
+}
+
+// Attributes of a device never change: each is read once per device, not at every launch.
+inline int device_attribute(cudaDeviceAttr attribute, const char* what) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, int>, int> cache;
+  const std::pair<int, int> key{int(attribute), current_device()};
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto found = cache.find(key);
+  if (found == cache.end()) {
+    int value = 0;
+    check_cuda(cudaDeviceGetAttribute(&value, attribute, key.second), what);
+    found = cache.emplace(key, value).first;
+  }
+  return found->second;
 }
 #endif
 
@@ -81,8 +98,16 @@ void allow_shared_memory(Kernel kernel, int64_t bytes, const char* name) {
                              "; use impl='triton' on this GPU");
   }
 #ifndef QUIETSTAR_EMULATION
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
-             name);
+  // Once per kernel and device: each kernel always asks for the same size.
+  static std::mutex mutex;
+  static std::set<std::pair<const void*, int>> configured;
+  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), current_device()};
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (configured.count(key) == 0) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+               name);
+    configured.insert(key);
+  }
 #endif
 }
 

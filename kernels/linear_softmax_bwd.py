@@ -8,7 +8,7 @@ input dtype. Two GEMMs then give dH = G @ W and dW += G^T @ H.
 import triton
 import triton.language as tl
 
-from .linear_softmax_common import BANNED_LOGIT, logit_tile
+from .linear_softmax_common import logit_tile
 
 
 @triton.jit
@@ -22,11 +22,8 @@ def linear_softmax_grad_kernel(
     offs_v = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     row_in = rows < num_rows
     v_in = offs_v < vocab
-    z = logit_tile(H, W, rows, row_in, offs_v, v_in, hidden, stride_h, stride_w,
+    z = logit_tile(H, W, BANNED, rows, row_in, offs_v, v_in, hidden, stride_h, stride_w, HAS_BANNED,
                    BLOCK_M, BLOCK_V, BLOCK_K, UPCAST, DOT_PRECISION)
-    if HAS_BANNED:
-        banned = tl.load(BANNED + offs_v, mask=v_in, other=0) != 0
-        z = tl.where(banned[None, :], BANNED_LOGIT, z)
     lse = tl.load(LSE + rows, mask=row_in, other=0.0)
     coef = tl.load(COEF + rows, mask=row_in, other=0.0) * inv_t
     targets = tl.load(TARGETS + rows, mask=row_in, other=-1)

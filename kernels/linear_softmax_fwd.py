@@ -13,7 +13,7 @@ delimiters when sampling) get the logit -1e10 like the official code: never samp
 import triton
 import triton.language as tl
 
-from .linear_softmax_common import BANNED_LOGIT, logit_tile
+from .linear_softmax_common import logit_tile
 
 
 @triton.jit
@@ -45,11 +45,8 @@ def linear_softmax_fwd_kernel(
     for v0 in range(v_lo, v_hi, BLOCK_V):
         offs_v = v0 + tl.arange(0, BLOCK_V)
         v_in = offs_v < v_hi
-        z = logit_tile(H, W, rows, row_in, offs_v, v_in, hidden, stride_h, stride_w,
+        z = logit_tile(H, W, BANNED, rows, row_in, offs_v, v_in, hidden, stride_h, stride_w, HAS_BANNED,
                        BLOCK_M, BLOCK_V, BLOCK_K, UPCAST, DOT_PRECISION)
-        if HAS_BANNED:
-            banned = tl.load(BANNED + offs_v, mask=v_in, other=0) != 0
-            z = tl.where(banned[None, :], BANNED_LOGIT, z)
         scaled = tl.where(v_in[None, :], z * inv_t, float("-inf"))
         tile_max = tl.maximum(run_max, tl.max(scaled, 1))
         run_sum = run_sum * tl.exp(run_max - tile_max) + tl.sum(tl.exp(scaled - tile_max[:, None]), 1)

@@ -64,11 +64,16 @@ def _register() -> None:
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
-def apply_quietstar_kernels(model: nn.Module) -> nn.Module:
-    """Route the model's attention through ``thought_attention`` for calls carrying a ``quietstar_layout``."""
+def check_supported_model(model: nn.Module) -> None:
+    """The thought attention plugs into the Llama, Mistral and Qwen2 families; anything else is refused."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"model must be one of the {SUPPORTED_MODEL_TYPES} families, got model_type={model_type!r}")
+
+
+def apply_quietstar_kernels(model: nn.Module) -> nn.Module:
+    """Route the model's attention through ``thought_attention`` for calls carrying a ``quietstar_layout``."""
+    check_supported_model(model)
     _register()
     current = model.config._attn_implementation
     if current != ATTENTION_NAME:

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..hf import SUPPORTED_MODEL_TYPES, apply_quietstar_kernels
+from .._platform import IMPLS as BACKEND_IMPLS
+from ..hf import apply_quietstar_kernels, check_supported_model
 from .config import QuietStarConfig
 from .objective import quietstar_objective
 from .tokens import END_THOUGHT, INIT_TEXT, START_THOUGHT
 
 IMPLS = ("fast", "reference")
-KERNEL_IMPLS = ("auto", "triton", "cuda", "torch")
+KERNEL_IMPLS = tuple(impl for impl in BACKEND_IMPLS if impl != "reference")  # the fast path's backends
 
 
 @dataclass
@@ -133,11 +134,7 @@ class QuietStar(nn.Module):
         **options,
     ):
         super().__init__()
-        model_type = getattr(model.config, "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"model must be one of the {SUPPORTED_MODEL_TYPES} families, got model_type={model_type!r}"
-            )
+        check_supported_model(model)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         if kernel_impl not in KERNEL_IMPLS:
