@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from quietstar_fast import mixed_cross_entropy, sample_thought_tokens
+from quietstar_fast.loss import chunked
 from quietstar_fast.loss.reference import banned_logit
 from backends import KERNEL_IMPLS
 from tolerance import assert_fa_rule
@@ -93,6 +95,44 @@ def test_ignored_rows_get_no_gradient(impl, device):
     grads = _run_ce(tensors, targets, impl)
     for name in ("d_h_base", "d_h_thought", "d_mix_weight"):
         assert torch.count_nonzero(grads[name][:10]) == 0, (impl, name)
+
+
+class _ShapesMade(TorchDispatchMode):
+    """Records the shape of every new (non-view) tensor an op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for item in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(item, torch.Tensor) and not item._is_view():
+                self.shapes.add(tuple(item.shape))
+        return out
+
+
+@pytest.mark.parametrize("frozen", ["lm_head_weight", "h_base"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_frozen_input_gets_no_gradient_and_the_other_is_unchanged(impl, frozen, device, monkeypatch):
+    """A frozen LM head (LoRA-style training) or frozen hidden states: the backward computes only the gradient asked
+    for (no tensor of the frozen one's shape is made), bit for bit the one a full backward gives."""
+    case = LossCase(37, 32, 1000, None)
+    for device_type in ("cpu", "cuda"):  # 16-row chunks: the backward's first-chunk / later-chunk paths both run
+        monkeypatch.setitem(chunked._CHUNK_ELEMENTS, device_type, 16 * case.vocab)
+    tensors, targets = _ce_inputs(case, torch.float32, device)
+    full = _run_ce(tensors, targets, impl)
+    leaves = {k: v.detach().requires_grad_(k != frozen) for k, v in tensors.items()}
+    loss = mixed_cross_entropy(leaves["h_base"], leaves["lm_head_weight"], targets, impl=impl)
+    trainable = "h_base" if frozen == "lm_head_weight" else "lm_head_weight"
+    upstream = torch.linspace(-1, 2, len(loss), device=loss.device, dtype=torch.float64)  # as _run_ce
+    with _ShapesMade() as made:
+        (grad,) = torch.autograd.grad((loss.double() * upstream).sum(), [leaves[trainable]])
+    torch.testing.assert_close(grad, full[f"d_{trainable}"], rtol=0, atol=0)
+    baseline, oracle = _run_ce(tensors, targets, "reference"), _run_ce(tensors, targets, "reference", torch.float64)
+    assert_fa_rule(f"{impl} chunked d_{trainable}", grad, baseline[f"d_{trainable}"], oracle[f"d_{trainable}"],
+                   torch.float32)
+    assert tuple(tensors[frozen].shape) not in made.shapes
 
 
 @pytest.mark.parametrize("impl", IMPLS)

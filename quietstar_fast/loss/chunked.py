@@ -73,12 +73,22 @@ def torch_grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
     return grad.to(hidden.dtype)
 
 
-def chunked_linear_backward(hidden, weight, lse, targets, coef, banned, inv_t, grad_logits):
-    """dH, dW of sum_i coef_i * (lse_i - inv_t * z_i[target_i]), one chunk of rows at a time."""
-    grad_hidden = torch.empty_like(hidden)
-    grad_weight = torch.zeros_like(weight)
+def chunked_linear_backward(hidden, weight, lse, targets, coef, banned, inv_t, grad_logits, need_hidden=True,
+                            need_weight=True):
+    """dH, dW of sum_i coef_i * (lse_i - inv_t * z_i[target_i]), one chunk of rows at a time; None for a gradient
+    not needed (a frozen LM head skips its (V, D) GEMMs)."""
+    grad_hidden = torch.empty_like(hidden) if need_hidden else None
+    grad_weight = None  # the first chunk's GEMM allocates it: zero-filling a (V, D) buffer costs a pass over it
     for r0, r1 in row_chunks(hidden.shape[0], weight.shape[0], hidden.device):
         grad = grad_logits(hidden[r0:r1], weight, lse[r0:r1], targets[r0:r1], coef[r0:r1], banned, inv_t)
-        grad_hidden[r0:r1] = grad @ weight
-        grad_weight.addmm_(grad.T, hidden[r0:r1])
+        if need_hidden:
+            grad_hidden[r0:r1] = grad @ weight
+        if not need_weight:
+            continue
+        if grad_weight is None:
+            grad_weight = grad.T @ hidden[r0:r1]
+        else:
+            grad_weight.addmm_(grad.T, hidden[r0:r1])
+    if need_weight and grad_weight is None:  # no rows
+        grad_weight = torch.zeros_like(weight)
     return grad_hidden, grad_weight

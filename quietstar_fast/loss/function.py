@@ -84,7 +84,7 @@ class _LinearNLL(torch.autograd.Function):
         if ctx.ignore_index is not None:
             coef = coef.masked_fill(chosen == ctx.ignore_index, 0.0)
         grad_hidden, grad_weight = chunked_linear_backward(hidden, weight, lse, chosen, coef, banned, ctx.inv_t,
-                                                           ctx.backend.grad_logits)
+                                                           ctx.backend.grad_logits, *ctx.needs_input_grad[:2])
         return grad_hidden, grad_weight, None, None, None, None, None, None, None, None
 
 
