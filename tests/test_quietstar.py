@@ -160,8 +160,10 @@ FIELDS = ("loss", "nll_loss", "policy_loss", "base_nll", "reward_raw", "reward_c
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_fast_equals_reference_in_float64(family):
-    """In fp64 the two paths differ only by summation order: they agree to ~1e-12, so the fast path computes the
-    same function (thought tokens, every loss part, every parameter gradient)."""
+    """In fp64 the two paths compute the same function: thought tokens and every loss part agree to ~1e-12. HF's
+    RMSNorm and rotary embedding run in fp32 even in an fp64 model, and the fast path sums the P passes' gradients of
+    the shared step 0 before its backward (the reference after), so parameter gradients differ at fp32 rounding
+    (measured <= 1.1e-7 relative; any semantic difference is orders of magnitude larger)."""
     reference, fast = _tiny_pair(family, dtype=torch.float64)
     (ref, ref_grads), (got, got_grads) = _run_step(reference, torch.float64), _run_step(fast, torch.float64)
     assert torch.equal(ref.thought_tokens, got.thought_tokens)
@@ -172,7 +174,7 @@ def test_fast_equals_reference_in_float64(family):
         torch.testing.assert_close(got_part, ref_part, rtol=1e-9, atol=1e-9)
     for name, grad in ref_grads.items():
         relative = float((got_grads[name] - grad).norm() / grad.norm().clamp_min(1e-300))
-        assert relative <= 1e-9, f"{family} {name}: relative gradient difference {relative:.2e}"
+        assert relative <= 1e-6, f"{family} {name}: relative gradient difference {relative:.2e}"
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -6,6 +6,8 @@
 * NLLs and thought sampling use the fused LM-head ops (no (N, V) logits), called below the public argument checks
   so that nothing inside the step synchronises with the host. The reward's base NLL at talk step k is the step-0
   NLL shifted by k-1 (the same numbers the official code recomputes).
+* Step 0 runs once per example, not once per pass: its inputs are the same for the P passes (the official code
+  runs it on all B*P rows). Its hidden states, KV cache and NLL are then repeated to the B*P rows.
 """
 from __future__ import annotations
 
@@ -33,21 +35,30 @@ def fast_forward(qs, input_ids, attention_mask, gumbel_noise, generator, output_
     backend = loss_backend(qs.kernel_impl, weight)
     banned = banned_mask([qs.start_token_id, qs.end_token_id], weight.shape[0], weight.device)
     sample_scale = 1.0 if cfg.sample_temperature is None else 1.0 / cfg.sample_temperature
-    thought_call = thought_call_kwargs(ThoughtLayout(seq_len, rows_info.padding, cfg.sliding_window, qs.kernel_impl))
+    passes = cfg.n_passes
+
+    def call_kwargs(padding):
+        return thought_call_kwargs(ThoughtLayout(seq_len, padding, cfg.sliding_window, qs.kernel_impl))
+
+    thought_call = call_kwargs(rows_info.padding)
     cache, cache_name = new_cache(), cache_kwarg(decoder)
     positions = torch.arange(seq_len, device=ids.device)[None]
 
-    def run(inputs, steps):
+    def run(inputs, steps, layout_kwargs=thought_call):
         position_ids = torch.cat([positions + step for step in steps], dim=1)
-        return decoder(inputs_embeds=inputs, position_ids=position_ids, use_cache=True, **thought_call,
+        return decoder(inputs_embeds=inputs, position_ids=position_ids, use_cache=True, **layout_kwargs,
                        **{cache_name: cache}).last_hidden_state
 
     def nll(hidden, targets):
         return linear_nll(hidden.reshape(-1, dim), weight, targets=targets.reshape(-1), ignore_index=-100,
                           backend=backend)[0]
 
-    base_hidden = run(embed(ids), [0])
-    base_nll = nll(base_hidden[:, :-1], labels[:, 1:]).view(rows, seq_len - 1)
+    # Step 0 over one row per example (rows are example-major: row = b * P + p), then repeated to the P passes.
+    example_hidden = run(embed(ids[::passes]), [0], call_kwargs(rows_info.padding[::passes]))
+    cache.batch_repeat_interleave(passes)
+    base_hidden = example_hidden.repeat_interleave(passes, dim=0)
+    example_nll = nll(example_hidden[:, :-1], labels[::passes, 1:])
+    base_nll = example_nll.view(rows // passes, seq_len - 1).repeat_interleave(passes, dim=0)
     hidden_states, talk_weights, thought_tokens, logprobs = [base_hidden], [], [], []
     inputs = meta_embedding(qs.start_embedding, cfg.embedding_scale, base_hidden)
     for step in range(1, n_ahead - 1):
