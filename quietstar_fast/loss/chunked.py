@@ -66,7 +66,9 @@ def torch_grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
     if banned is not None:
         z.masked_fill_(banned.bool(), BANNED_LOGIT)
     scale = (coef * inv_t).to(z.dtype)
-    grad = torch.exp(z.mul_(inv_t).sub_(lse[:, None].to(z.dtype))).mul_(scale[:, None])
+    if inv_t != 1.0:
+        z.mul_(inv_t)
+    grad = z.sub_(lse[:, None].to(z.dtype)).exp_().mul_(scale[:, None])  # in place: each pass is one over (C, V)
     rows = torch.arange(len(targets), device=z.device)
     in_vocab = (targets >= 0) & (targets < z.shape[1])
     grad[rows[in_vocab], targets[in_vocab]] -= scale[in_vocab]
