@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 transformers = pytest.importorskip("transformers", reason="the HF integration tests need transformers")
 
@@ -222,6 +223,51 @@ def test_generated_noise_runs_and_is_seeded():
     draws = [fast(ids, generator=torch.Generator().manual_seed(3)).thought_tokens for _ in range(2)]
     assert torch.equal(draws[0], draws[1])
     assert not torch.isin(draws[0], torch.tensor([95, 96])).any()
+
+
+class _HostWaits(TorchDispatchMode):
+    """Records the ops that make the host wait for the device: a value read back, or an output whose size depends
+    on the data (boolean indexing runs nonzero)."""
+
+    WAITING_OPS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::masked_select",
+                   "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        bool_index = name.startswith("aten::index") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ())
+        if name in self.WAITING_OPS or bool_index:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kernel_impl", ["torch", *KERNEL_IMPLS])
+def test_fast_step_never_makes_the_host_wait(kernel_impl, device):
+    """The fast step's forward and backward (after QuietStar.forward's input checks) never read a value back from the
+    device, with padding and in-step thought sampling; on a GPU CUDA's sync debug mode checks the same."""
+    from quietstar_fast.quietstar.fast import fast_forward
+
+    _, fast = _tiny_pair("llama")
+    fast.kernel_impl = kernel_impl
+    fast.to(device)
+    ids = torch.randint(1, 95, (2, 8), device=device)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    generator = torch.Generator(device=device).manual_seed(0)
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        with _HostWaits() as waits:
+            fast_forward(fast, ids, mask, None, generator, False).loss.backward()
+    finally:
+        if cuda:
+            torch.cuda.set_sync_debug_mode("default")
+    assert waits.ops == []
 
 
 def test_kernels_apply_and_revert_leave_ordinary_calls_unchanged():

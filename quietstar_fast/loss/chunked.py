@@ -69,9 +69,10 @@ def torch_grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
     if inv_t != 1.0:
         z.mul_(inv_t)
     grad = z.sub_(lse[:, None].to(z.dtype)).exp_().mul_(scale[:, None])  # in place: each pass is one over (C, V)
-    rows = torch.arange(len(targets), device=z.device)
+    # Minus the one-hot; an out-of-vocabulary (ignored) target subtracts 0 at column 0. No boolean indexing: that
+    # would wait for the device (nonzero) inside the training step.
     in_vocab = (targets >= 0) & (targets < z.shape[1])
-    grad[rows[in_vocab], targets[in_vocab]] -= scale[in_vocab]
+    grad.scatter_add_(1, targets.clamp(0, z.shape[1] - 1)[:, None], -(scale * in_vocab)[:, None])
     return grad.to(hidden.dtype)
 
 
