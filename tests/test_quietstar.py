@@ -311,6 +311,10 @@ def test_bad_input_is_refused():
         reference(torch.randint(1, 95, (1, 8)), left_padded)
     with pytest.raises(ValueError, match="gumbel_noise must have shape"):
         reference(torch.randint(1, 95, (1, 8)), gumbel_noise=torch.zeros(2, 2, 8, 96))
+    model.gradient_checkpointing_enable()
+    model.train()
+    with pytest.raises(ValueError, match="checkpointing"):
+        reference(torch.randint(1, 95, (1, 8)))
 
 
 # ---- thinking generation -----------------------------------------------------------------------------------------

@@ -222,6 +222,10 @@ class QuietStar(nn.Module):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             shape = getattr(input_ids, "shape", input_ids)
             raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {shape}")
+        if self.model.training and any(getattr(m, "gradient_checkpointing", False) for m in self.model.modules()):
+            raise ValueError("the model has gradient (activation) checkpointing on: in training mode transformers "
+                             "then drops the KV cache that every thought step attends to; turn it off "
+                             "(model.gradient_checkpointing_disable())")
         batch, seq_len = input_ids.shape
         max_positions = getattr(self.model.config, "max_position_embeddings", None)
         last_position = seq_len - 1 + self.config.num_steps - 1
