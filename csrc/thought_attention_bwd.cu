@@ -102,11 +102,10 @@ __global__ void __launch_bounds__(kThreads) thought_attention_bwd_dq_kernel(cons
 
   const T* k_base = head_base<const T>(args.k, batch, kv_head);
   const T* v_base = head_base<const T>(args.v, batch, kv_head);
-  load_tile<T, BM, D>(q_tile, Tiles::kLd, head_base<const T>(args.q, batch, head) + first_row * args.q.stride_token,
-                      args.q.stride_token, rows_in, args.head_dim);
-  load_tile<T, BM, D>(grad_o_tile, Tiles::kLd,
-                      head_base<const T>(args.grad_o, batch, head) + first_row * args.grad_o.stride_token,
-                      args.grad_o.stride_token, rows_in, args.head_dim);
+  load_tokens<T, BM, D>(q_tile, Tiles::kLd, head_base<const T>(args.q, batch, head), args.q, first_row, rows_in,
+                        args.head_dim);
+  load_tokens<T, BM, D>(grad_o_tile, Tiles::kLd, head_base<const T>(args.grad_o, batch, head), args.grad_o, first_row,
+                        rows_in, args.head_dim);
   load_row_stats<BM>(args, batch, head, int(first_row), rows_in, lse2, delta);
   __syncthreads();
 
@@ -140,10 +139,8 @@ __global__ void __launch_bounds__(kThreads) thought_attention_bwd_dq_kernel(cons
   const int key_end = min(block_start + BM, n);
   for (int start_n = mask.first_key(block_start, BN); start_n < key_end; start_n += BN) {
     const int keys_in = min(BN, n - start_n);
-    load_tile<T, BN, D>(k_tile, Tiles::kLd, k_base + int64_t(start_n) * args.k.stride_token, args.k.stride_token,
-                        keys_in, args.head_dim);
-    load_tile<T, BN, D>(v_tile, Tiles::kLd, v_base + int64_t(start_n) * args.v.stride_token, args.v.stride_token,
-                        keys_in, args.head_dim);
+    load_tokens<T, BN, D>(k_tile, Tiles::kLd, k_base, args.k, start_n, keys_in, args.head_dim);
+    load_tokens<T, BN, D>(v_tile, Tiles::kLd, v_base, args.v, start_n, keys_in, args.head_dim);
     __syncthreads();
     block_gemm<T, BM, BN, D, true>(q_tile, Tiles::kLd, k_tile, Tiles::kLd, scores, Tiles::kLdKeys, false);
     block_gemm<T, BM, BN, D, true>(grad_o_tile, Tiles::kLd, v_tile, Tiles::kLd, grad_p, Tiles::kLdKeys, false);
@@ -220,10 +217,10 @@ __global__ void __launch_bounds__(kThreads) thought_attention_bwd_prefix_dkdv_ke
 
   T* dk_base = head_base<T>(args.grad_k, batch, kv_head);
   T* dv_base = head_base<T>(args.grad_v, batch, kv_head);
-  load_tile<T, BN, D>(k_tile, Tiles::kLd, head_base<const T>(args.k, batch, kv_head) +
-                      int64_t(key_start) * args.k.stride_token, args.k.stride_token, keys_in, args.head_dim);
-  load_tile<T, BN, D>(v_tile, Tiles::kLd, head_base<const T>(args.v, batch, kv_head) +
-                      int64_t(key_start) * args.v.stride_token, args.v.stride_token, keys_in, args.head_dim);
+  load_tokens<T, BN, D>(k_tile, Tiles::kLd, head_base<const T>(args.k, batch, kv_head), args.k, key_start, keys_in,
+                        args.head_dim);
+  load_tokens<T, BN, D>(v_tile, Tiles::kLd, head_base<const T>(args.v, batch, kv_head), args.v, key_start, keys_in,
+                        args.head_dim);
   zero_tile<BN, D>(grad_k, Tiles::kLdO);
   zero_tile<BN, D>(grad_v, Tiles::kLdO);
 
@@ -239,10 +236,8 @@ __global__ void __launch_bounds__(kThreads) thought_attention_bwd_prefix_dkdv_ke
         const int rows_in = min(BM, n - query_start);
         const int64_t first_row = int64_t(query_step) * n + query_start;
         __syncthreads();  // the previous iteration's GEMMs are done with the query tiles
-        load_tile<T, BM, D>(q_tile, Tiles::kLd, q_base + first_row * args.q.stride_token, args.q.stride_token,
-                            rows_in, args.head_dim);
-        load_tile<T, BM, D>(grad_o_tile, Tiles::kLd, grad_o_base + first_row * args.grad_o.stride_token,
-                            args.grad_o.stride_token, rows_in, args.head_dim);
+        load_tokens<T, BM, D>(q_tile, Tiles::kLd, q_base, args.q, first_row, rows_in, args.head_dim);
+        load_tokens<T, BM, D>(grad_o_tile, Tiles::kLd, grad_o_base, args.grad_o, first_row, rows_in, args.head_dim);
         load_row_stats<BM>(args, batch, head, int(first_row), rows_in, lse2, delta);
         __syncthreads();
         block_gemm<T, BN, BM, D, true>(k_tile, Tiles::kLd, q_tile, Tiles::kLd, scores_t, Tiles::kLdQueries, false);

@@ -60,8 +60,7 @@ __global__ void __launch_bounds__(kThreads) thought_attention_fwd_kernel(const T
   const T* q_base = head_base<const T>(args.q, batch, head);
   const T* k_base = head_base<const T>(args.k, batch, kv_head);
   const T* v_base = head_base<const T>(args.v, batch, kv_head);
-  load_tile<T, BM, D>(q_tile, Tiles::kLd, q_base + first_row * args.q.stride_token, args.q.stride_token, rows_in,
-                      args.head_dim);
+  load_tokens<T, BM, D>(q_tile, Tiles::kLd, q_base, args.q, first_row, rows_in, args.head_dim);
   __syncthreads();
 
   // 1. Own stream keys: one warp per row, lanes over the head dim. The accumulator row starts here.
@@ -103,10 +102,8 @@ __global__ void __launch_bounds__(kThreads) thought_attention_fwd_kernel(const T
   const int key_end = min(block_start + BM, n);
   for (int start_n = mask.first_key(block_start, BN); start_n < key_end; start_n += BN) {
     const int keys_in = min(BN, n - start_n);
-    load_tile<T, BN, D>(k_tile, Tiles::kLd, k_base + int64_t(start_n) * args.k.stride_token, args.k.stride_token,
-                        keys_in, args.head_dim);
-    load_tile<T, BN, D>(v_tile, Tiles::kLd, v_base + int64_t(start_n) * args.v.stride_token, args.v.stride_token,
-                        keys_in, args.head_dim);
+    load_tokens<T, BN, D>(k_tile, Tiles::kLd, k_base, args.k, start_n, keys_in, args.head_dim);
+    load_tokens<T, BN, D>(v_tile, Tiles::kLd, v_base, args.v, start_n, keys_in, args.head_dim);
     __syncthreads();
     block_gemm<T, BM, BN, D, true>(q_tile, Tiles::kLd, k_tile, Tiles::kLd, scores, Tiles::kLdS, false);
     __syncthreads();

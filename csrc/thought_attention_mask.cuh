@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common.cuh"
 #include "launch.h"
 
 namespace quietstar {
@@ -62,6 +63,14 @@ struct QueryBlock {
 template <typename T>
 __device__ __forceinline__ T* head_base(const Operand& x, int batch, int head) {
   return static_cast<T*>(x.data) + int64_t(batch) * x.stride_batch + int64_t(head) * x.stride_head;
+}
+
+// Loads tokens [first_token, first_token + rows_in) of an operand's (batch, head) slice at `head` into a ROWS x D
+// tile (head_dim columns; the rest zero).
+template <typename T, int ROWS, int D>
+__device__ __forceinline__ void load_tokens(T* tile, int ld, const T* head, const Operand& x, int64_t first_token,
+                                            int rows_in, int head_dim) {
+  load_tile<T, ROWS, D>(tile, ld, head + first_token * x.stride_token, x.stride_token, rows_in, head_dim);
 }
 
 // Row index of (batch, head, query row) in the (B, Hq, m * n) statistics.
