@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     device, providers, device_name, version = bench_utils.prepare(args, CUDA_ONLY)
     args.preset = args.preset or ("gpu-target" if device.type == "cuda" else "small")
     print(f"preset: {args.preset}")
+    csv_path = bench_utils.results_path(args, device, "attention")
+    csv_path = csv_path.with_name(f"{csv_path.stem}_{args.preset}.csv")
     rows, table = [], []
     for shape in _sweep(args):
         torch.manual_seed(0)
@@ -169,11 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                 tflops = tuple(flops / (t * 1e-3) / 1e12 for t in timing)
                 rows.append(bench_utils.csv_row(metric="tflops", unit="TFLOP/s", values=tflops, **common))
                 table.append((shape, provider, mode, timing[0], peak, tflops[0]))
+                bench_utils.write_csv(rows, csv_path)
             del inputs
 
     _print_table(table)
-    csv_path = bench_utils.results_path(args, device, "attention")
-    csv_path = csv_path.with_name(f"{csv_path.stem}_{args.preset}.csv")
     bench_utils.write_results(rows, csv_path, f"thought_attention on {device_name}")
     return 0
 

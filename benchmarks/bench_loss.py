@@ -8,6 +8,12 @@ Providers
   torch      quietstar_fast impl="torch" (row-chunked PyTorch)
   triton     quietstar_fast impl="triton" (CUDA only)
   cuda       quietstar_fast impl="cuda" (the CUDA C++ kernels; needs the built extension quietstar_fast._C)
+  liger      Liger-Kernel's fused linear cross entropy (peer; mixed_ce only, CUDA, when liger-kernel is installed)
+  cce        Apple's Cut Cross Entropy with its default gradient filtering (peer; mixed_ce only, CUDA, when
+             cut-cross-entropy is installed)
+The peers get the mixed hidden states (1 - w) h_base + w h_thought, formed in PyTorch inside the measured call
+(mixing hidden states equals mixing logits for a bias-free head), and return per-token losses (reduction "none")
+as quietstar_fast does: Quiet-STaR weights each token's loss.
 
 Defaults: on CPU N in {512, 2048}, D = 256, V = 32002, fp32 on one thread (labelled CPU); on CUDA
 N in {2048, 8192}, D = 4096, V = 32002, bf16. Results: CSV (Liger's schema) and PNG under benchmarks/results/.
@@ -15,6 +21,7 @@ N in {2048, 8192}, D = 4096, V = 32002, bf16. Results: CSV (Liger's schema) and 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,9 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_utils  # noqa: E402
 
 from quietstar_fast import mixed_cross_entropy, sample_thought_tokens  # noqa: E402
+from quietstar_fast.loss.mixing import mix_hidden  # noqa: E402
 
-PROVIDERS = ("reference", "torch", "triton", "cuda")
-CUDA_ONLY = {"triton", "cuda"}
+PROVIDERS = ("reference", "torch", "triton", "cuda", "liger", "cce")
+CUDA_ONLY = {"triton", "cuda", "liger", "cce"}
+PEER_MODULES = {"liger": "liger_kernel", "cce": "cut_cross_entropy"}
 OPS = ("mixed_ce", "sample")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 META_TOKENS = (32000, 32001)
@@ -55,9 +64,27 @@ def _inputs(shape: Shape, device: torch.device):
     return h_base, h_thought, weight, mix_weight, targets
 
 
+def _peer_cross_entropy(provider: str):
+    """The peer's fused linear cross-entropy as f(hidden, weight, targets) -> per-token loss."""
+    if provider == "liger":
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        return lambda hidden, weight, targets: liger_fused_linear_cross_entropy(hidden, weight, targets,
+                                                                                reduction="none")
+    from cut_cross_entropy import linear_cross_entropy
+
+    return lambda hidden, weight, targets: linear_cross_entropy(hidden, weight, targets, reduction="none")
+
+
 def _forward(op: str, impl: str, shape: Shape, device: torch.device):
     h_base, h_thought, weight, mix_weight, targets = _inputs(shape, device)
-    if op == "mixed_ce":
+    if op == "mixed_ce" and impl in PEER_MODULES:
+        leaves = (h_base, h_thought, weight, mix_weight)
+        peer = _peer_cross_entropy(impl)
+
+        def run():
+            return peer(mix_hidden(h_base, h_thought, mix_weight), weight, targets)
+    elif op == "mixed_ce":
         leaves = (h_base, h_thought, weight, mix_weight)
 
         def run():
@@ -78,30 +105,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     parser.add_argument("--rows", type=int, nargs="+", default=None, help="N values (default by device)")
     parser.add_argument("--hidden", type=int, default=None)
-    parser.add_argument("--vocab", type=int, default=32002)
+    parser.add_argument("--vocab", type=int, nargs="+", default=[32002])
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None)
     args = parser.parse_args(argv)
 
     device, providers, device_name, version = bench_utils.prepare(args, CUDA_ONLY)
+    missing = [p for p in providers if p in PEER_MODULES and importlib.util.find_spec(PEER_MODULES[p]) is None]
+    if missing:
+        print(f"note: skipped peers that are not installed: {', '.join(missing)}")
+    providers = [p for p in providers if p not in missing]
+    csv_path = bench_utils.results_path(args, device, "loss")
     on_gpu = device.type == "cuda"
     rows = args.rows or ([2048, 8192] if on_gpu else [512, 2048])
     hidden = args.hidden or (4096 if on_gpu else 256)
     dtype = args.dtype or ("bf16" if on_gpu else "fp32")
     csv_rows, table = [], []
+    shapes = [Shape(n, hidden, vocab, dtype) for vocab in args.vocab for n in rows]
     for op in args.ops:
-        for n in rows:
-            shape = Shape(n, hidden, args.vocab, dtype)
+        for shape in shapes:
             config = ", ".join(f"{key}={value}" for key, value in asdict(shape).items())
             for provider in providers:
+                if op != "mixed_ce" and provider in PEER_MODULES:
+                    continue  # the peers compute cross-entropy only
                 torch.manual_seed(0)
                 forward, leaves = _forward(op, provider, shape, device)
                 measured = bench_utils.measure_modes(
                     forward, leaves, args.modes, device, args.repeats, f"{op} {provider} {config}", kernel=op,
-                    provider=provider, x_name="N", x_value=n, config=config, device_name=device_name,
+                    provider=provider, x_name="N", x_value=shape.rows, config=config, device_name=device_name,
                     library_version=version)
                 for mode, timing, peak, common in measured:
                     csv_rows += bench_utils.time_and_memory_rows(timing, peak, **common)
                     table.append((op, shape, provider, mode, timing[0], peak))
+                    bench_utils.write_csv(csv_rows, csv_path)
                 del forward, leaves
 
     print(f"\n{'op':<9} {'shape':<28} {'provider':<10} {'mode':<8} {'ms':>10} {'peak MB':>9} {'speedup':>8} "
@@ -115,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{op:<9} {label:<28} {provider:<10} {mode:<8} {ms:>10.2f} {mb:>9.1f} {speedup:>8} {mem_ratio:>9}")
     print("speedup and mem ratio are relative to 'reference' (higher is better for the other providers)")
 
-    bench_utils.write_results(csv_rows, bench_utils.results_path(args, device, "loss"), f"LM-head ops on {device_name}")
+    bench_utils.write_results(csv_rows, csv_path, f"LM-head ops on {device_name}")
     return 0
 
 

@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     seq_len = args.seq_len or (256 if on_gpu else 64)
     n_ahead = args.n_ahead or (12 if on_gpu else 5)
     n_talk = args.n_ahead_talk or (4 if on_gpu else 2)
+    csv_path = bench_utils.results_path(args, device, "step")
     rows, table = [], []
     for name in models:
         built = build_model(name, device)
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(bench_utils.csv_row(metric="max_seq_len", unit="tokens", values=(longest,) * 3,
                                                 **common))
             table.append((name, provider, timing[0], tokens_per_s[0], peak, longest))
+            bench_utils.write_csv(rows, csv_path)
 
     print(f"\n{'model':<9} {'provider':<10} {'ms/step':>10} {'tokens/s':>10} {'peak MB':>9} {'max n':>6} "
           f"{'speedup':>8} {'mem ratio':>9}")
@@ -147,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         mem_ratio = f"{base[1] / mb:.2f}x" if base and mb > 0 else "-"
         print(f"{name:<9} {provider:<10} {ms:>10.1f} {tps:>10.1f} {mb:>9.1f} {longest or '-':>6} {speedup:>8} "
               f"{mem_ratio:>9}")
-    bench_utils.write_results([r for r in rows if r["metric_name"] != "max_seq_len"],
-                              bench_utils.results_path(args, device, "step"), f"Quiet-STaR step on {device_name}")
+    bench_utils.write_results(rows, csv_path, f"Quiet-STaR step on {device_name}")
     return 0
 
 

@@ -200,6 +200,8 @@ def measure_modes(forward: Callable[[], torch.Tensor], leaves, modes, device: to
         fn = forward if mode == "fwd" else with_backward(forward, leaves)
         measured = measure(fn, device, repeats, f"{label} {mode}")
         if measured is not None:
+            (p50, _, _), peak = measured
+            print(f"{label} {mode}: {p50:.4g} ms, {peak:.1f} MB", flush=True)
             yield mode, *measured, {**common, "mode": mode}
 
 
@@ -209,8 +211,10 @@ def results_path(args: argparse.Namespace, device: torch.device, stem: str) -> P
 
 
 def write_results(rows: list[dict], csv_path: Path, title: str) -> None:
+    """The CSV (also written after each measurement by the benchmarks, so that a run stopped by a time limit keeps
+    what it measured) and its plot."""
     write_csv(rows, csv_path)
     print(f"wrote {csv_path}")
     png_path = csv_path.with_suffix(".png")
-    plotted = plot([r for r in rows if r["metric_name"] != "tflops"], png_path, title)
+    plotted = plot([r for r in rows if r["metric_name"] not in ("tflops", "max_seq_len")], png_path, title)
     print(f"wrote {png_path}" if plotted else "matplotlib not installed: no plot")

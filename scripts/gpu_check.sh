@@ -1,61 +1,172 @@
 #!/usr/bin/env bash
-# The GPU check, one script: build the CUDA extension, GPU tests (bf16, determinism and offsets past 2**31
-# included; impl="cuda" must not skip), compute-sanitizer on one small case of every kernel, benchmarks, and the
-# long property-based profile; logs and CSVs go to $OUT.
-# Run on a CUDA machine whose python3 already has a CUDA torch and triton, e.g. through the device tool:
-#   OUT=/some/dir bash scripts/gpu_check.sh
-# STAGES picks a subset (default: all, in this order, most important first) so that a short device lease can split
-# the work over consecutive calls; the built extension stays in the tree between calls on a warm machine:
-#   STAGES="build tests" bash scripts/gpu_check.sh; STAGES="sanitizer bench" bash scripts/gpu_check.sh
+# The GPU check, in two profiles, on a CUDA machine whose python3 already has a CUDA torch and triton (the device
+# tool's H200 image; see docs/gpu_check.md):
+#   PROFILE=quick OUT=/some/dir bash scripts/gpu_check.sh   # <= 6 minutes: versions, the sm_90a build, a
+#                                                           # correctness smoke test of every kernel, headline benches
+#   PROFILE=full  OUT=/some/dir bash scripts/gpu_check.sh   # GPU tests, compute-sanitizer, full benchmarks, long fuzz
+#   STAGES="tests sanitizer" PROFILE=full ...               # a subset of a profile's steps, e.g. to split the full
+#                                                           # profile over consecutive device calls
+#   BUDGET_tests=200 STAGES=tests PROFILE=full ...          # a step's budget in seconds, overridden
+#   DRY_RUN=1 PROFILE=quick bash scripts/gpu_check.sh       # prints every step with its time budget (CI runs it)
+# Every step runs under `timeout` with its budget. Its log and outputs go to $WORK, and after each step $OUT gets
+# the step table (steps.csv), the smoke CSV, and a tarball of $WORK (gpu_check_<profile>.tar.gz), so a run stopped
+# by an outer time limit still returns what it finished. $OUT stays under the device tool's 8 returned files.
+# Exit status: 0 if every step passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-benchmarks/results/gpu_check}
-mkdir -p "$OUT"
+export PROFILE=${PROFILE:-quick}
+DRY_RUN=${DRY_RUN:-0}
+export OUT=${OUT:-benchmarks/results/gpu_check}
+export WORK=${GPU_CHECK_WORK:-/tmp/quietstar_gpu_check/$PROFILE}
+export PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 QUIETSTAR_REQUIRE_CUDA_EXTENSION=1
-PY=${PYTHON:-python3}
-STAGES=" ${STAGES:-build tests sanitizer bench fuzz} "
-stage() { [[ "$STAGES" == *" $1 "* ]]; }
-{
+# Wheels that the GPU image lacks (scripts/gpu_wheels.sh puts them in .whl/) are installed here, outside the image.
+export WHEEL_SITE=/tmp/quietstar_gpu_site
+
+case "$PROFILE" in
+  # name:budget_seconds; the quick budgets add up to 360 s.
+  quick) STEPS="versions:15 wheels:15 build:150 smoke:90 bench_attention:45 bench_loss:45" ;;
+  full) STEPS="versions:15 wheels:15 build:150 tests:420 sanitizer:300 bench_attention:240 bench_loss:240 bench_step:300 fuzz:420" ;;
+  *) echo "PROFILE must be quick or full, got '$PROFILE'" >&2; exit 2 ;;
+esac
+SELECTED=" ${STAGES:-$(for s in $STEPS; do printf '%s ' "${s%%:*}"; done)} "
+
+# ---- the steps: each a function, run in its own bash under timeout, writing to $WORK ----------------------------
+
+versions() {
   date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', \
+triton.__version__); p = torch.cuda.get_device_properties(0); print(p)"
+  $PY -c "import transformers; print('transformers', transformers.__version__)"
   nvcc --version | tail -2
-} > "$OUT/versions.txt" 2>&1
-if stage build; then
-  start=$(date +%s)
-  QUIETSTAR_BUILD_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps -e . \
-    > "$OUT/install.log" 2>&1 || { tail -50 "$OUT/install.log"; exit 1; }
-  echo "extension build: $(( $(date +%s) - start )) s" | tee -a "$OUT/versions.txt"
-fi
-status=0
-if stage tests; then
-  # CPU-only files (AOT compile, the CUDA emulation, SmolLM2 and training runs on CPU) are CI's, not the GPU's.
-  $PY -m pytest -q tests --ignore=tests/test_aot_compile.py --ignore=tests/test_cuda_kernels_emulated.py \
-    --ignore=tests/test_smollm2.py --ignore=tests/test_training.py 2>&1 | tee "$OUT/tests.log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-fi
-SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
-if ! stage sanitizer; then
-  :
-elif [ -n "$SANITIZER" ]; then
-  for tool in memcheck racecheck; do
-    for impl in cuda triton; do
-      "$SANITIZER" --tool "$tool" --error-exitcode 9 $PY scripts/sanitizer_cases.py --impl "$impl" \
-        > "$OUT/sanitizer_${tool}_${impl}.log" 2>&1 || { status=1; tail -20 "$OUT/sanitizer_${tool}_${impl}.log"; }
+  compute-sanitizer --version | head -2
+  compute-sanitizer --help > "$WORK/compute_sanitizer_help.txt" 2>&1
+}
+
+wheels() {
+  if ! ls .whl/*.whl > /dev/null 2>&1; then echo "no wheels in .whl/ (scripts/gpu_wheels.sh): peers skipped"; return 0; fi
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WHEEL_SITE" .whl/*.whl
+  ls "$WHEEL_SITE"
+}
+
+build() {
+  if [ "$PROFILE" = full ] && $PY -c "import quietstar_fast._C" 2> /dev/null; then
+    echo "quietstar_fast._C already built on this machine (an earlier call's build step)"; return 0
+  fi
+  # sm_90a only: the H100/H200 SASS, wgmma allowed; ninja compiles the sources in parallel.
+  if QUIETSTAR_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=${MAX_JOBS:-16} \
+      $PY -m pip install --no-build-isolation --no-deps -e . && $PY -c "import quietstar_fast._C"; then
+    return 0
+  fi
+  echo "CUDA extension build FAILED; installing without it so that the Triton kernels still run"
+  QUIETSTAR_BUILD_CUDA=0 $PY -m pip install -q --no-build-isolation --no-deps -e .
+  return 1
+}
+
+smoke() {
+  $PY scripts/gpu_smoke.py --out "$WORK/smoke.csv"
+}
+
+bench_attention() {
+  local providers="triton cuda official sdpa_causal_prefix flex"
+  [ "$PROFILE" = full ] && providers="$providers torch"
+  $PY benchmarks/bench_attention.py --preset gpu-target --providers $providers --out "$WORK"
+}
+
+bench_loss() {
+  local args=(--rows 8192 --hidden 4096 --vocab 32000 128256 --providers reference triton cuda liger cce)
+  [ "$PROFILE" = full ] && args=(--rows 2048 8192 --hidden 4096 --vocab 32000 128256)
+  $PY benchmarks/bench_loss.py "${args[@]}" --out "$WORK"
+}
+
+tests() {
+  # The CPU-only files (AOT compile, the CUDA emulation, SmolLM2 and training runs on CPU) are CI's.
+  local parallel=()
+  $PY -c "import xdist" 2> /dev/null && parallel=(-n 8)
+  $PY -m pytest -q -p no:cacheprovider "${parallel[@]}" tests --ignore=tests/test_aot_compile.py \
+    --ignore=tests/test_cuda_kernels_emulated.py --ignore=tests/test_smollm2.py --ignore=tests/test_training.py \
+    --junitxml="$WORK/tests.xml"
+}
+
+sanitizer() {
+  # Only our kernels are instrumented (torch's are not ours to check, and instrumenting them costs minutes), one
+  # kernel family per run; no caching allocator, so that an access past a tensor's end is past an allocation's end.
+  local filter=() status=0 tool impl family rc log
+  if compute-sanitizer --help | grep -q -- "--kernel-name "; then filter=(--kernel-name)
+  elif compute-sanitizer --help | grep -q -- "--filter "; then filter=(--filter)
+  else echo "compute-sanitizer has no kernel filter option: instrumenting every kernel"; fi
+  export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+  for run in memcheck:cuda memcheck:triton racecheck:cuda synccheck:cuda racecheck:triton synccheck:triton; do
+    tool=${run%%:*} impl=${run##*:}
+    for family in thought_attention linear_softmax; do
+      log="$WORK/sanitizer_${tool}_${impl}_${family}.log"
+      timeout 45 compute-sanitizer --tool "$tool" --error-exitcode 9 ${filter:+"${filter[@]}" "kns=$family"} \
+        $PY scripts/sanitizer_cases.py --impl "$impl" > "$log" 2>&1
+      rc=$?
+      echo "$tool $impl $family: exit $rc ($(grep -c "========= " "$log") sanitizer lines)"; tail -2 "$log"
+      [ $rc -eq 0 ] || status=1
     done
   done
-else
-  echo "compute-sanitizer not found" | tee "$OUT/sanitizer_missing.log"; status=1
-fi
-if stage bench; then
-  for bench in "bench_attention.py --preset gpu-target" "bench_loss.py" "bench_step.py --max-len 4096"; do
-    name=${bench%%.py*}
-    $PY benchmarks/$bench --out "$OUT" 2>&1 | tee "$OUT/$name.log"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  return $status
+}
+
+bench_step() {
+  $PY benchmarks/bench_step.py --max-len "${STEP_MAX_LEN:-4096}" --out "$WORK"
+}
+
+fuzz() {
+  QUIETSTAR_FUZZ_PROFILE=long $PY -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+}
+
+export -f versions wheels build smoke bench_attention bench_loss tests sanitizer bench_step fuzz
+
+# ---- the runner --------------------------------------------------------------------------------------------------
+
+pack() {  # what $OUT returns: the step table, the smoke CSV, and everything else in one tarball
+  cp "$WORK/steps.csv" "$OUT/steps_$PROFILE.csv"
+  [ -f "$WORK/smoke.csv" ] && cp "$WORK/smoke.csv" "$OUT/smoke.csv"
+  tar czf "$OUT/.partial.tar.gz" -C "$WORK" . && mv "$OUT/.partial.tar.gz" "$OUT/gpu_check_$PROFILE.tar.gz"
+}
+
+if [ "$DRY_RUN" = 1 ]; then
+  total=0
+  echo "PROFILE=$PROFILE (dry run): step, budget"
+  for entry in $STEPS; do
+    name=${entry%%:*} budget_var=BUDGET_${entry%%:*}
+    budget=${!budget_var:-${entry##*:}}
+    [[ "$SELECTED" == *" $name "* ]] || continue
+    declare -F "$name" > /dev/null || { echo "step $name has no function" >&2; exit 1; }
+    printf '  %-16s %4d s\n' "$name" "$budget"
+    total=$(( total + budget ))
   done
+  echo "  total            $total s"
+  # The Python entry points the steps call must at least parse their arguments here.
+  for script in scripts/gpu_smoke.py benchmarks/bench_attention.py benchmarks/bench_loss.py \
+                benchmarks/bench_step.py scripts/sanitizer_cases.py; do
+    $PY "$script" --help > /dev/null || { echo "$script --help failed" >&2; exit 1; }
+  done
+  exit 0
 fi
-if stage fuzz; then
-  QUIETSTAR_FUZZ_PROFILE=long $PY -m pytest -q tests/test_fuzz.py 2>&1 | tee "$OUT/fuzz_long.log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-fi
+
+mkdir -p "$OUT" "$WORK"
+echo "step,budget_s,seconds,exit" > "$WORK/steps.csv"
+status=0
+for entry in $STEPS; do
+  name=${entry%%:*} budget_var=BUDGET_${entry%%:*}
+  budget=${!budget_var:-${entry##*:}}
+  [[ "$SELECTED" == *" $name "* ]] || continue
+  echo "=== $name (budget $budget s) $(date -u +%T)"
+  start=$(date +%s)
+  timeout --kill-after=10 "$budget" bash -c "$name" > "$WORK/$name.log" 2>&1
+  rc=$?
+  echo "$name,$budget,$(( $(date +%s) - start )),$rc" >> "$WORK/steps.csv"
+  tail -n 30 "$WORK/$name.log"
+  [ $rc -eq 124 ] && echo "--- $name: stopped at its budget of $budget s"
+  [ $rc -eq 0 ] || status=1
+  # Later steps import the wheels installed by the wheels step.
+  [ "$name" = wheels ] && [ -d "$WHEEL_SITE" ] && export PYTHONPATH="$WHEEL_SITE${PYTHONPATH:+:$PYTHONPATH}"
+  pack
+done
+echo "=== steps"; column -s, -t < "$WORK/steps.csv"
 exit $status

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from quietstar_fast import thought_attention
+from tolerance import Comparison
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,17 @@ def run(problem: Problem, impl: str) -> dict[str, torch.Tensor]:
     total = (out.to(torch.float64) * problem.grad_out.to(torch.float64)).sum() + lse_term
     dq, dk, dv = torch.autograd.grad(total, (q, k, v))
     return {"o": out.detach(), "lse": lse.detach(), "dq": dq, "dk": dk, "dv": dv}
+
+
+OUTPUT_NAMES = ("o", "lse", "dq", "dk", "dv")
+
+
+def attention_comparisons(case: Case, dtype: torch.dtype, impl: str, device) -> list[Comparison]:
+    """Every output of ``impl`` against the same-precision and the fp64 reference, from the same rounded inputs."""
+    problem = make_problem(case, dtype, device)
+    result = run(problem, impl)
+    baseline = run(problem, "reference")
+    oracle = run(problem.cast(torch.float64), "reference")
+    # lse is fp32 in every backend: its baseline is the fp32 statistic of the reference.
+    return [Comparison(name, result[name], baseline[name], oracle[name], torch.float32 if name == "lse" else dtype)
+            for name in OUTPUT_NAMES]

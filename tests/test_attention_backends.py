@@ -6,9 +6,9 @@ the CUDA kernels (tests/backends.py).
 import pytest
 import torch
 
-from attention_cases import Case, Problem, make_problem, run
+from attention_cases import OUTPUT_NAMES, Case, Problem, attention_comparisons, make_problem, run
 from backends import KERNEL_IMPLS
-from tolerance import assert_fa_rule
+from tolerance import assert_fa_rule, rule_violation
 
 # Odd and block-straddling n, right/left/holed padding, GQA 4/2 and 4/1, a in {0, 1, 3, 6}, m in {1, 2, a+1},
 # windows, head dims 64 and 128 (and a small and a non-power-of-two one).
@@ -25,18 +25,11 @@ CASES = [
     Case(1, 3, 3, 23, 3, 4, 80, "right"),
 ]
 DTYPES = [torch.float32, torch.float16]
-NAMES = ("o", "lse", "dq", "dk", "dv")
 
 
 def _check_against_reference(case: Case, dtype: torch.dtype, impl: str, device: str):
-    problem = make_problem(case, dtype, device)
-    result = run(problem, impl)
-    baseline = run(problem, "reference")
-    oracle = run(problem.cast(torch.float64), "reference")
-    for name in NAMES:
-        # lse is fp32 in every backend: its baseline is the fp32 statistic of the reference.
-        assert_fa_rule(f"{impl} {case} {dtype} {name}", result[name], baseline[name], oracle[name],
-                       torch.float32 if name == "lse" else dtype)
+    for comparison in attention_comparisons(case, dtype, impl, device):
+        assert rule_violation(comparison) is None, f"{impl} {case} {dtype}: {rule_violation(comparison)}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -56,7 +49,7 @@ def test_bfloat16(impl, device):
 def test_torch_float64_is_exact(case, device):
     problem = make_problem(case, torch.float64, device)
     result, oracle = run(problem, "torch"), run(problem, "reference")
-    for name in NAMES:
+    for name in OUTPUT_NAMES:
         torch.testing.assert_close(result[name], oracle[name], rtol=1e-10, atol=1e-10, msg=name)
 
 

@@ -3,32 +3,18 @@
 Tolerances follow FlashAttention's rule (tests/tolerance.py): the fp64 reference from the same rounded inputs is
 the oracle, the same-precision reference is the baseline.
 """
-from dataclasses import dataclass
-
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from quietstar_fast import mixed_cross_entropy, sample_thought_tokens
 from quietstar_fast.loss import chunked
-from quietstar_fast.loss.reference import banned_logit
 from backends import KERNEL_IMPLS
-from tolerance import assert_fa_rule
+from loss_cases import LossCase, ce_comparisons, make_ce_inputs, make_sample_inputs, run_ce, sample_check
+from tolerance import assert_fa_rule, rule_violation
 
 IMPLS = ["torch", *KERNEL_IMPLS]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-@dataclass(frozen=True)
-class LossCase:
-    rows: int
-    hidden: int
-    vocab: int
-    mix: str | None  # None (base CE), "zero", "negative", "above_one", "random"
-    ignored: float = 0.0  # fraction of ignore_index targets
-
-    def __str__(self) -> str:
-        return f"N{self.rows}-D{self.hidden}-V{self.vocab}-mix{self.mix}-ign{self.ignored}"
 
 
 CE_CASES = [
@@ -40,59 +26,21 @@ CE_CASES = [
 ]
 
 
-def _mix_weight(case: LossCase, device) -> torch.Tensor:
-    n = case.rows
-    if case.mix == "zero":
-        return torch.zeros(n, device=device)
-    if case.mix == "negative":
-        return -torch.rand(n, device=device) - 0.5
-    if case.mix == "above_one":
-        return 1 + torch.rand(n, device=device)
-    return torch.randn(n, device=device)
-
-
-def _ce_inputs(case: LossCase, dtype, device):
-    h_base = torch.randn(case.rows, case.hidden, device=device)
-    weight = torch.randn(case.vocab, case.hidden, device=device) / case.hidden**0.5 * 3
-    targets = torch.randint(0, case.vocab, (case.rows,), device=device)
-    targets[torch.rand(case.rows, device=device) < case.ignored] = -100
-    tensors = {"h_base": h_base, "lm_head_weight": weight}
-    if case.mix is not None:
-        tensors["h_thought"] = torch.randn(case.rows, case.hidden, device=device)
-        tensors["mix_weight"] = _mix_weight(case, device)
-    return {k: v.to(dtype) for k, v in tensors.items()}, targets
-
-
-def _run_ce(tensors, targets, impl, dtype=None):
-    leaves = {k: v.detach().to(dtype or v.dtype).requires_grad_(True) for k, v in tensors.items()}
-    loss, lse = mixed_cross_entropy(leaves["h_base"], leaves["lm_head_weight"], targets,
-                                    h_thought=leaves.get("h_thought"), mix_weight=leaves.get("mix_weight"),
-                                    return_lse=True, impl=impl)
-    upstream = torch.linspace(-1, 2, len(loss), device=loss.device, dtype=torch.float64)
-    grads = torch.autograd.grad((loss.double() * upstream).sum(), list(leaves.values()))
-    return {"loss": loss.detach(), "lse": lse.detach(), **{f"d_{k}": g for k, g in zip(leaves, grads)}}
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CE_CASES, ids=str)
 @pytest.mark.parametrize("impl", IMPLS)
 def test_mixed_cross_entropy_matches_reference(impl, case, dtype, device):
-    tensors, targets = _ce_inputs(case, dtype, device)
-    result = _run_ce(tensors, targets, impl)
-    baseline = _run_ce(tensors, targets, "reference")
-    oracle = _run_ce(tensors, targets, "reference", torch.float64)
-    for name in result:
-        stat_dtype = torch.float32 if name in ("loss", "lse") else dtype
-        assert_fa_rule(f"{impl} {case} {dtype} {name}", result[name], baseline[name], oracle[name], stat_dtype)
-    ignored = targets == -100
-    assert torch.equal(result["loss"][ignored], torch.zeros_like(result["loss"][ignored]))
+    comparisons, ignored_losses = ce_comparisons(case, dtype, impl, device)
+    for comparison in comparisons:
+        assert rule_violation(comparison) is None, f"{impl} {case} {dtype}: {rule_violation(comparison)}"
+    assert torch.equal(ignored_losses, torch.zeros_like(ignored_losses))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_ignored_rows_get_no_gradient(impl, device):
-    tensors, targets = _ce_inputs(LossCase(20, 32, 1000, "random"), torch.float32, device)
+    tensors, targets = make_ce_inputs(LossCase(20, 32, 1000, "random"), torch.float32, device)
     targets[:10] = -100
-    grads = _run_ce(tensors, targets, impl)
+    grads = run_ce(tensors, targets, impl)
     for name in ("d_h_base", "d_h_thought", "d_mix_weight"):
         assert torch.count_nonzero(grads[name][:10]) == 0, (impl, name)
 
@@ -120,16 +68,16 @@ def test_frozen_input_gets_no_gradient_and_the_other_is_unchanged(impl, frozen, 
     case = LossCase(37, 32, 1000, None)
     for device_type in ("cpu", "cuda"):  # 16-row chunks: the backward's first-chunk / later-chunk paths both run
         monkeypatch.setitem(chunked._CHUNK_ELEMENTS, device_type, 16 * case.vocab)
-    tensors, targets = _ce_inputs(case, torch.float32, device)
-    full = _run_ce(tensors, targets, impl)
+    tensors, targets = make_ce_inputs(case, torch.float32, device)
+    full = run_ce(tensors, targets, impl)
     leaves = {k: v.detach().requires_grad_(k != frozen) for k, v in tensors.items()}
     loss = mixed_cross_entropy(leaves["h_base"], leaves["lm_head_weight"], targets, impl=impl)
     trainable = "h_base" if frozen == "lm_head_weight" else "lm_head_weight"
-    upstream = torch.linspace(-1, 2, len(loss), device=loss.device, dtype=torch.float64)  # as _run_ce
+    upstream = torch.linspace(-1, 2, len(loss), device=loss.device, dtype=torch.float64)  # as run_ce
     with _ShapesMade() as made:
         (grad,) = torch.autograd.grad((loss.double() * upstream).sum(), [leaves[trainable]])
     torch.testing.assert_close(grad, full[f"d_{trainable}"], rtol=0, atol=0)
-    baseline, oracle = _run_ce(tensors, targets, "reference"), _run_ce(tensors, targets, "reference", torch.float64)
+    baseline, oracle = run_ce(tensors, targets, "reference"), run_ce(tensors, targets, "reference", torch.float64)
     assert_fa_rule(f"{impl} chunked d_{trainable}", grad, baseline[f"d_{trainable}"], oracle[f"d_{trainable}"],
                    torch.float32)
     assert tuple(tensors[frozen].shape) not in made.shapes
@@ -137,7 +85,7 @@ def test_frozen_input_gets_no_gradient_and_the_other_is_unchanged(impl, frozen, 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_zero_mix_weight_is_the_base_loss(impl, device):
-    tensors, targets = _ce_inputs(LossCase(17, 32, 1000, "zero"), torch.float32, device)
+    tensors, targets = make_ce_inputs(LossCase(17, 32, 1000, "zero"), torch.float32, device)
     mixed = mixed_cross_entropy(tensors["h_base"], tensors["lm_head_weight"], targets,
                                 h_thought=tensors["h_thought"], mix_weight=tensors["mix_weight"], impl=impl)
     base = mixed_cross_entropy(tensors["h_base"], tensors["lm_head_weight"], targets, impl=impl)
@@ -146,7 +94,7 @@ def test_zero_mix_weight_is_the_base_loss(impl, device):
 
 def test_torch_gradcheck_float64(device):
     case = LossCase(5, 6, 11, "random", 0.2)
-    tensors, targets = _ce_inputs(case, torch.float64, device)
+    tensors, targets = make_ce_inputs(case, torch.float64, device)
     names = list(tensors)
 
     def ce(*args):
@@ -170,64 +118,17 @@ def test_torch_gradcheck_float64(device):
 SAMPLE_CASES = [(37, 64, 1000), (29, 48, 4099)]
 
 
-def _sample_inputs(rows, hidden, vocab, dtype, device):
-    h = torch.randn(rows, hidden, device=device)
-    weight = torch.randn(vocab, hidden, device=device) / hidden**0.5 * 3
-    noise = -torch.empty(rows, vocab, device=device).exponential_().log()
-    return h.to(dtype), weight.to(dtype), noise.to(dtype)
-
-
-def _run_sample(h, weight, noise, impl, banned, dtype=None, rows=None):
-    """Tokens and (logprob, gradients); ``rows`` (bool) restricts the upstream gradient to those rows."""
-    h = h.detach().to(dtype or h.dtype).requires_grad_(True)
-    weight = weight.detach().to(dtype or weight.dtype).requires_grad_(True)
-    tokens, logprob = sample_thought_tokens(h, weight, gumbel_noise=noise.to(dtype or noise.dtype),
-                                            banned_token_ids=banned, impl=impl)
-    upstream = torch.linspace(-1, 1, len(logprob), device=logprob.device, dtype=torch.float64)
-    if rows is not None:
-        upstream = upstream * rows
-        logprob = logprob.masked_fill(~rows, 0.0)
-    d_h, d_w = torch.autograd.grad((logprob.double() * upstream).sum(), (h, weight))
-    return tokens, {"logprob": logprob.detach(), "d_hidden": d_h, "d_weight": d_w}
-
-
-def _same_precision_logprob(h, weight, tokens, banned, rows, temperature=3.0):
-    """Baseline: the official computation in the inputs' dtype, at the oracle's tokens."""
-    h = h.detach().requires_grad_(True)
-    weight = weight.detach().requires_grad_(True)
-    logits = (h @ weight.T).index_fill(1, torch.tensor(banned, device=h.device), banned_logit(h.dtype))
-    logprob = torch.log_softmax(logits / temperature, dim=-1).gather(1, tokens[:, None]).squeeze(1).float()
-    logprob = logprob.masked_fill(~rows, 0.0)
-    upstream = torch.linspace(-1, 1, len(logprob), device=logprob.device, dtype=torch.float64) * rows
-    d_h, d_w = torch.autograd.grad((logprob.double() * upstream).sum(), (h, weight))
-    return {"logprob": logprob.detach(), "d_hidden": d_h, "d_weight": d_w}
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SAMPLE_CASES, ids=str)
 @pytest.mark.parametrize("impl", IMPLS)
 def test_sampling_with_given_noise_matches_reference(impl, shape, dtype, device):
-    h, weight, noise = _sample_inputs(*shape, dtype, device)
-    banned = [0, shape[2] - 1]
-    tokens, _ = _run_sample(h, weight, noise, impl, banned)
-    oracle_tokens, _ = _run_sample(h, weight, noise, "reference", banned, torch.float64)
-    # Same noise, same sample, except at near-ties: the torch path forms 16-bit logits like the official code, so a
-    # different token is allowed only where the oracle's scores of the two tokens differ by less than that rounding.
-    scores = h.double() @ weight.double().T + noise.double()
-    rounding = 4 * torch.finfo(dtype).eps * float((h.double() @ weight.double().T).abs().max())
-    gap = scores.gather(1, oracle_tokens[:, None]) - scores.gather(1, tokens[:, None])
-    assert torch.all(gap.squeeze(1) <= rounding), "a token was sampled that is not a near-tie of the oracle's"
-    assert (tokens == oracle_tokens).float().mean() > 0.9
+    check = sample_check(shape, dtype, impl, device)
+    assert check.max_gap <= check.tie_rounding, "a token was sampled that is not a near-tie of the oracle's"
+    assert check.match_fraction > 0.9
     if dtype == torch.float32:
-        assert torch.equal(tokens, oracle_tokens)
-    # Log-probs and gradients are compared on the rows that sampled the oracle's token.
-    same = tokens == oracle_tokens
-    _, result = _run_sample(h, weight, noise, impl, banned, rows=same)
-    _, oracle = _run_sample(h, weight, noise, "reference", banned, torch.float64, rows=same)
-    baseline = _same_precision_logprob(h, weight, oracle_tokens, banned, same)
-    for name in result:
-        stat_dtype = torch.float32 if name == "logprob" else dtype
-        assert_fa_rule(f"{impl} {shape} {dtype} {name}", result[name], baseline[name], oracle[name], stat_dtype)
+        assert torch.equal(check.tokens, check.oracle_tokens)
+    for comparison in check.comparisons:
+        assert rule_violation(comparison) is None, f"{impl} {shape} {dtype}: {rule_violation(comparison)}"
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -265,7 +166,7 @@ def test_generated_noise_samples_the_right_distribution(impl, sample_temperature
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_generator_seeds_are_reproducible(impl, device):
-    h, weight, _ = _sample_inputs(50, 16, 500, torch.float32, device)
+    h, weight, _ = make_sample_inputs(50, 16, 500, torch.float32, device)
 
     def draw(seed):
         generator = torch.Generator(device=device).manual_seed(seed)
