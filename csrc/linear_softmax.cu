@@ -159,6 +159,9 @@ __global__ void __launch_bounds__(kThreads) linear_softmax_fwd_kernel(const Line
       } else {
         lane_pick = warp_sum(lane_pick);
       }
+      // Every lane read run_max[r] above; lane 0 overwrites it below. The shuffles converge the warp but do not
+      // order shared memory (racecheck on the H200 flagged this read/write pair), so a warp barrier does.
+      __syncwarp();
       if (lane == 0) {
         run_sum[r] = run_sum[r] * expf(run_max[r] - new_max) + exp_sum;
         run_max[r] = new_max;

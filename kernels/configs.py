@@ -42,19 +42,37 @@ _GPU_CONFIGS: dict[str, dict[int, TileConfig]] = {
         32: TileConfig(64, 64, 4, 3),
         64: TileConfig(64, 64, 4, 3),
         128: TileConfig(64, 64, 8, 2),
-        256: TileConfig(32, 32, 8, 1),
+        # 16 rows on 4 warps: 32x32 on 8 warps put 8 mma.sync warps along a 32-column tile (each column twice)
+        256: TileConfig(16, 32, 4, 1),
     },
     "bwd_prefix_dkdv": {
-        16: TileConfig(32, 128, 4, 3),
-        32: TileConfig(32, 128, 4, 3),
-        64: TileConfig(32, 128, 4, 3),
+        # 8 warps: on 4 warps ptxas spilled 168-208 B per thread at d <= 64 (kernels/aot.py's evidence)
+        16: TileConfig(32, 128, 8, 3),
+        32: TileConfig(32, 128, 8, 3),
+        64: TileConfig(32, 128, 8, 3),
         128: TileConfig(32, 64, 8, 2),
-        256: TileConfig(32, 32, 8, 1),
+        256: TileConfig(32, 16, 4, 1),  # as bwd_dq: 32x32 on 8 warps repeated MMA work
     },
-    "bwd_stream_dkdv": {d: TileConfig(64 if d <= 128 else 32, 0, 4, 1) for d in HEAD_DIM_BLOCKS},
+    # 8 warps from d = 128 on: on 4 warps the register-resident dK/dV rows spilled 464-472 B per thread
+    "bwd_stream_dkdv": {d: TileConfig(64 if d <= 128 else 32, 0, 4 if d <= 64 else 8, 1) for d in HEAD_DIM_BLOCKS},
     "bwd_preprocess": {d: TileConfig(64 if d <= 128 else 32, 0, 4, 1) for d in HEAD_DIM_BLOCKS},
 }
 KERNEL_NAMES = tuple(_GPU_CONFIGS)
+
+# fp32 inputs ask for exact fp32 dots: they run on CUDA cores (no tensor cores), each thread holding far more of a
+# tile than an MMA fragment, so the tiles shrink as d grows; chosen as the largest spill-free tiles on sm_90 where
+# one exists (the exceptions are listed, with their measured spills, in kernels/aot.py).
+_GPU_FP32_CONFIGS: dict[str, dict[int, TileConfig]] = {
+    "fwd": {16: TileConfig(32, 32, 4, 1), 32: TileConfig(32, 32, 4, 1), 64: TileConfig(32, 32, 8, 1),
+            128: TileConfig(16, 16, 8, 1), 256: TileConfig(16, 16, 8, 1)},
+    "bwd_dq": {16: TileConfig(32, 32, 4, 1), 32: TileConfig(32, 32, 4, 1), 64: TileConfig(32, 32, 8, 1),
+               128: TileConfig(16, 32, 8, 1), 256: TileConfig(16, 16, 8, 1)},
+    "bwd_prefix_dkdv": {16: TileConfig(32, 32, 4, 1), 32: TileConfig(32, 32, 4, 1), 64: TileConfig(32, 32, 8, 1),
+                        128: TileConfig(32, 32, 8, 1), 256: TileConfig(16, 16, 8, 1)},
+    "bwd_stream_dkdv": {16: TileConfig(32, 0, 4, 1), 32: TileConfig(32, 0, 4, 1), 64: TileConfig(32, 0, 8, 1),
+                        128: TileConfig(32, 0, 4, 1), 256: TileConfig(16, 0, 8, 1)},
+    "bwd_preprocess": {d: TileConfig(32, 0, 4, 1) for d in HEAD_DIM_BLOCKS},
+}
 
 
 def dtype_constants(dtype: torch.dtype, interpret: bool) -> dict:
@@ -77,12 +95,7 @@ def head_dim_block(head_dim: int) -> int:
 def tile_config(kernel: str, block_d: int, dtype: torch.dtype, interpret: bool) -> TileConfig:
     if interpret:
         return _INTERPRETER
-    config = _GPU_CONFIGS[kernel][block_d]
-    if dtype == torch.float32:
-        # fp32 dots run in exact fp32 on CUDA cores (no tensor cores), and fp32 tiles take twice the registers and
-        # shared memory: small tiles avoid massive register spills and stay within sm_90's 227 KB.
-        config = TileConfig(min(config.block_m, 32), min(config.block_n, 32), config.num_warps, 1)
-    return config
+    return (_GPU_FP32_CONFIGS if dtype == torch.float32 else _GPU_CONFIGS)[kernel][block_d]
 
 
 @dataclass(frozen=True)
@@ -99,16 +112,18 @@ _LINEAR_SOFTMAX_INTERPRETER = {
     "lm_grad": LinearSoftmaxConfig(block_m=16, block_v=256, block_k=32, num_warps=4, num_stages=1),
 }
 _LINEAR_SOFTMAX_GPU = {
-    "lm_fwd": LinearSoftmaxConfig(block_m=128, block_v=128, block_k=64, num_warps=8, num_stages=3),
+    # 64 vocabulary ids per tile: at 128 the sampling variants (noise per logit) spilled up to 1.9 KB per thread
+    "lm_fwd": LinearSoftmaxConfig(block_m=128, block_v=64, block_k=64, num_warps=8, num_stages=3),
     "lm_grad": LinearSoftmaxConfig(block_m=128, block_v=128, block_k=64, num_warps=8, num_stages=3),
+}
+_LINEAR_SOFTMAX_FP32 = {
+    # Exact fp32 dots on CUDA cores; 32 rows for the forward: at 64 its sampling variants spilled 8-120 B
+    "lm_fwd": LinearSoftmaxConfig(32, 64, 32, 4, 1),
+    "lm_grad": LinearSoftmaxConfig(64, 64, 32, 4, 1),
 }
 
 
 def linear_softmax_config(kernel: str, dtype: torch.dtype, interpret: bool) -> LinearSoftmaxConfig:
     if interpret:
         return _LINEAR_SOFTMAX_INTERPRETER[kernel]
-    config = _LINEAR_SOFTMAX_GPU[kernel]
-    if dtype == torch.float32:
-        # Exact fp32 dots run on CUDA cores; smaller tiles avoid register spills (see tile_config).
-        config = LinearSoftmaxConfig(64, 64, 32, 4, 1)
-    return config
+    return (_LINEAR_SOFTMAX_FP32 if dtype == torch.float32 else _LINEAR_SOFTMAX_GPU)[kernel]
