@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -74,6 +75,17 @@ struct DeviceScope {
   cudaStream_t stream() const { return nullptr; }
 };
 #endif
+
+// A kernel output. The CPU emulation (tests only) fills it with NaN, or -1 for integers, so an element that a kernel
+// never writes fails the tests instead of reading as a plausible zero.
+Tensor output_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+#ifdef QUIETSTAR_EMULATION
+  if (at::isIntegralType(options.dtype().toScalarType(), /*includeBool=*/false)) return at::full(sizes, -1, options);
+  return at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options);
+#else
+  return at::empty(sizes, options);
+#endif
+}
 
 Operand operand(const Tensor& x, const char* name) {
   TORCH_CHECK_VALUE(x.stride(3) == 1, name, " must be contiguous in the head dimension (stride 1), got stride ",
@@ -151,8 +163,8 @@ std::tuple<Tensor, Tensor> thought_attention_fwd(const Tensor& q, const Tensor& 
   AttentionProblem problem = check_attention(q, k, v, key_valid, prefix_len, sliding_window, softmax_scale);
   require_cuda(q, "thought_attention_fwd");
   const DeviceScope scope(q);
-  Tensor out = at::empty(q.sizes(), q.options());
-  Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  Tensor out = output_buffer(q.sizes(), q.options());
+  Tensor lse = output_buffer({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   ThoughtAttentionArgs& args = problem.args;
   args.o = operand(out, "out");
   args.lse = lse.data_ptr<float>();
@@ -184,10 +196,10 @@ std::tuple<Tensor, Tensor, Tensor> thought_attention_bwd(const Tensor& q, const 
   }
   require_cuda(q, "thought_attention_bwd");
   const DeviceScope scope(q);
-  Tensor grad_q = at::empty(q.sizes(), q.options());
-  Tensor grad_k = at::empty(k.sizes(), k.options());
-  Tensor grad_v = at::empty(v.sizes(), v.options());
-  Tensor delta = at::empty(stat_shape, lse.options());
+  Tensor grad_q = output_buffer(q.sizes(), q.options());
+  Tensor grad_k = output_buffer(k.sizes(), k.options());
+  Tensor grad_v = output_buffer(v.sizes(), v.options());
+  Tensor delta = output_buffer(stat_shape, lse.options());
   ThoughtAttentionArgs& args = problem.args;
   args.o = operand(out, "out");
   args.lse = const_cast<float*>(lse.data_ptr<float>());
@@ -285,11 +297,11 @@ std::tuple<Tensor, Tensor, Tensor> linear_softmax_fwd(const Tensor& hidden, cons
   args.num_splits = int((args.vocab + args.vocab_per_split - 1) / args.vocab_per_split);
 
   const auto f32 = hidden.options().dtype(at::kFloat);
-  Tensor part_max = at::empty({args.num_rows, args.num_splits}, f32);
-  Tensor part_sum = at::empty_like(part_max);
-  Tensor part_pick = at::empty_like(part_max);
-  Tensor part_best = sample ? at::empty_like(part_max) : Tensor();
-  Tensor part_index = sample ? at::empty({args.num_rows, args.num_splits}, f32.dtype(at::kInt)) : Tensor();
+  Tensor part_max = output_buffer({args.num_rows, args.num_splits}, f32);
+  Tensor part_sum = output_buffer({args.num_rows, args.num_splits}, f32);
+  Tensor part_pick = output_buffer({args.num_rows, args.num_splits}, f32);
+  Tensor part_best = sample ? output_buffer({args.num_rows, args.num_splits}, f32) : Tensor();
+  Tensor part_index = sample ? output_buffer({args.num_rows, args.num_splits}, f32.dtype(at::kInt)) : Tensor();
   args.targets = sample ? nullptr : targets->data_ptr<int64_t>();
   args.noise = noise.has_value() ? noise->data_ptr<float>() : nullptr;
   args.stride_noise = noise.has_value() ? noise->stride(0) : 0;
@@ -320,7 +332,7 @@ Tensor linear_softmax_grad(const Tensor& hidden, const Tensor& weight, const Ten
   check_rows(coef, "coef", hidden, at::kFloat);
   require_cuda(hidden, "linear_softmax_grad");
   const DeviceScope scope(hidden);
-  Tensor grad = at::empty({hidden.size(0), weight.size(0)}, hidden.options());
+  Tensor grad = output_buffer({hidden.size(0), weight.size(0)}, hidden.options());
   args.lse = lse.data_ptr<float>();
   args.targets = targets.data_ptr<int64_t>();
   args.coef = coef.data_ptr<float>();

@@ -7,6 +7,7 @@ import triton
 from .configs import KERNEL_DTYPES, dtype_constants, linear_softmax_config
 from .linear_softmax_bwd import linear_softmax_grad_kernel
 from .linear_softmax_fwd import linear_softmax_fwd_kernel
+from .outputs import output_buffer
 
 _PROGRAMS_PER_SM = 2
 
@@ -78,11 +79,11 @@ def linear_softmax_forward(
     vocab_per_split = triton.cdiv(triton.cdiv(vocab, splits), cfg.block_v) * cfg.block_v
     splits = triton.cdiv(vocab, vocab_per_split)
     f32 = dict(dtype=torch.float32, device=hidden.device)
-    part_max = torch.empty(num_rows, splits, **f32)
-    part_sum = torch.empty(num_rows, splits, **f32)
-    part_pick = torch.empty(num_rows, splits, **f32)
-    part_best = torch.empty(num_rows, splits, **f32) if sample else None
-    part_index = torch.empty(num_rows, splits, dtype=torch.int32, device=hidden.device) if sample else None
+    part_max = output_buffer(num_rows, splits, **f32)
+    part_sum = output_buffer(num_rows, splits, **f32)
+    part_pick = output_buffer(num_rows, splits, **f32)
+    part_best = output_buffer(num_rows, splits, **f32) if sample else None
+    part_index = output_buffer(num_rows, splits, dtype=torch.int32, device=hidden.device) if sample else None
     noise = noise.to(torch.float32) if noise is not None else None
     linear_softmax_fwd_kernel[(triton.cdiv(num_rows, cfg.block_m), splits)](
         hidden, weight,
@@ -118,7 +119,7 @@ def linear_softmax_grad(
     logits recomputed in fp32 like the forward; banned ids masked."""
     rows, hidden_dim = hidden.shape
     vocab = weight.shape[0]
-    grad = torch.empty(rows, vocab, dtype=hidden.dtype, device=hidden.device)
+    grad = output_buffer(rows, vocab, dtype=hidden.dtype, device=hidden.device)
     consts, cfg = kernel_constants("lm_grad", hidden.dtype, has_banned=banned is not None, interpret=interpret)
     linear_softmax_grad_kernel[(triton.cdiv(rows, cfg.block_m), triton.cdiv(vocab, cfg.block_v))](
         hidden, weight, lse, targets, coef, _or_unused(banned, torch.int8, hidden), grad,

@@ -9,6 +9,7 @@ import triton
 
 from .configs import HEAD_DIM_BLOCKS, KERNEL_DTYPES, TileConfig, dtype_constants, head_dim_block, tile_config
 from .jit_utils import constexpr_names
+from .outputs import output_buffer
 from .thought_attention_bwd import (
     thought_attention_bwd_dq_kernel,
     thought_attention_bwd_prefix_dkdv_kernel,
@@ -108,8 +109,8 @@ def thought_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns o (like q, contiguous) and lse (B, Hq, m*n) fp32. ``valid``: (B, n) int8 or None (no padding)."""
     n, m = shape.prefix_len, shape.num_query_steps
-    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty(shape.batch, shape.num_q_heads, m * n, dtype=torch.float32, device=q.device)
+    o = output_buffer(*q.shape, dtype=q.dtype, device=q.device)
+    lse = output_buffer(shape.batch, shape.num_q_heads, m * n, dtype=torch.float32, device=q.device)
     consts, cfg = kernel_constants(
         "fwd", q.dtype, shape.head_dim, has_padding=valid is not None, has_window=shape.sliding_window is not None,
         interpret=shape.interpret,
@@ -149,7 +150,7 @@ def thought_attention_backward(
             has_dlse=has_dlse, interpret=shape.interpret,
         )
 
-    delta = torch.empty_like(lse)
+    delta = output_buffer(*lse.shape, dtype=lse.dtype, device=lse.device)
     consts, cfg = constants("bwd_preprocess", has_dlse=grad_lse is not None)
     thought_attention_bwd_preprocess_kernel[(triton.cdiv(m * n, cfg.block_m) * b * hq,)](
         o, grad_o, grad_lse if grad_lse is not None else lse, delta,
@@ -157,7 +158,7 @@ def thought_attention_backward(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts,
     )
 
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dq = output_buffer(*q.shape, dtype=q.dtype, device=q.device)
     consts, cfg = constants("bwd_dq")
     thought_attention_bwd_dq_kernel[(triton.cdiv(n, cfg.block_m) * b * hq, m)](
         q, k, v, grad_o, lse, delta, dq, valid_t,
@@ -167,8 +168,8 @@ def thought_attention_backward(
     )
 
     # dk and dv share one contiguous layout, so the kernels take one set of strides for both.
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(k.shape, dtype=v.dtype, device=v.device)
+    dk = output_buffer(*k.shape, dtype=k.dtype, device=k.device)
+    dv = output_buffer(*k.shape, dtype=v.dtype, device=v.device)
     operands = (q, k, v, grad_o, lse, delta, dk, dv, valid_t)
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_o), *_strides(dk), stride_valid)
     consts, cfg = constants("bwd_prefix_dkdv")

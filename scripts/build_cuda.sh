@@ -4,11 +4,7 @@
 # (import, op registration, argument validation, the CPU-tensor error, fake kernels). CI runs it after the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv-cuda/bin/python ]; then
-  "$PYTHON" -m venv .venv-cuda
-fi
-.venv-cuda/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-cuda-build.txt
+bash scripts/make_venv.sh .venv-cuda requirements-cuda-build.txt
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0+PTX;9.0a"}
 export MAX_JOBS=${MAX_JOBS:-2}
 start=$(date +%s)

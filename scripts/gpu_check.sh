@@ -89,12 +89,16 @@ bench_loss() {
 tests() {
   # The CPU-only files (AOT compile, the CUDA emulation, SmolLM2 and training runs on CPU) are CI's. -v names
   # each test as it finishes (a budget that stops the run keeps them); a per-test timeout stops a hang.
-  local options=(-v -p no:cacheprovider)
-  $PY -c "import xdist" 2> /dev/null && options+=(-n 8)
+  local options=(-v -p no:cacheprovider) status=0
   $PY -c "import pytest_timeout" 2> /dev/null && options+=(--timeout 120)
-  $PY -m pytest "${options[@]}" tests --ignore=tests/test_aot_compile.py \
+  # The extension's binding tests first, alone and serial: on the H200 (2026-11-30) its argument-validation tests
+  # crashed the process (segmentation fault), and -v without xdist names the case that crashes.
+  $PY -m pytest "${options[@]}" tests/test_cuda_extension.py || status=1
+  $PY -c "import xdist" 2> /dev/null && options+=(-n 8)
+  $PY -m pytest "${options[@]}" tests --ignore=tests/test_cuda_extension.py --ignore=tests/test_aot_compile.py \
     --ignore=tests/test_cuda_kernels_emulated.py --ignore=tests/test_smollm2.py --ignore=tests/test_training.py \
-    --junitxml="$WORK/tests.xml"
+    --ignore=tests/test_static_sm90.py --ignore=tests/test_gpu_check.py --junitxml="$WORK/tests.xml" || status=1
+  return $status
 }
 
 sanitizer() {

@@ -1,6 +1,6 @@
-"""Every kernel configuration the GPU path can launch compiles for sm_90 (H100), without a GPU, with the JIT's production
-specialisation, and passes the static rules of kernels/aot.py (no unlisted spills, shared memory within the limit,
-16-bit dots on tensor cores, no warps repeating MMA work).
+"""Every kernel configuration the GPU path can launch compiles for sm_90 (H100), without a GPU, with the JIT's
+production specialisation, and passes the static rules of kernels/aot.py (no unlisted spills, shared memory within
+the limit, 16-bit dots on tensor cores, no warps repeating MMA work).
 
 Runs in subprocesses: compilation needs the kernels decorated without TRITON_INTERPRET, which this test session
 sets. Two shards use both cores of a CI machine.
