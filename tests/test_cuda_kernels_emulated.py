@@ -96,4 +96,4 @@ def test_quietstar_fast_step_reproduces_the_official_code(emulated):
     pytest.importorskip("transformers", reason="the Quiet-STaR step needs transformers")
     import test_quietstar as quietstar_tests
 
-    quietstar_tests._check_against_official("nonzero", "fast", "cuda", rtol=1e-5, grad_rtol=3e-4, device=CPU)
+    quietstar_tests._check_against_official("nonzero", "fast", "cuda", device=CPU)
