@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, in two profiles, on a CUDA machine whose python3 already has a CUDA torch and triton (the device
-# tool's H200 image; see docs/gpu_check.md):
+# tool's H200 image; README.md, "The GPU check"):
 #   PROFILE=quick OUT=/some/dir bash scripts/gpu_check.sh   # <= 6 minutes: versions, the sm_90a build, a
 #                                                           # correctness smoke test of every kernel, headline benches
 #   PROFILE=full  OUT=/some/dir bash scripts/gpu_check.sh   # GPU tests, compute-sanitizer, full benchmarks, long fuzz
