@@ -3,8 +3,11 @@
 The torch backend is traced; the Triton kernels (interpreted on CPU) and the CUDA kernels (on a GPU) are
 torch.library custom ops with fake kernels and registered autograd, opaque to the compiler.
 """
+import os
+
 import pytest
 import torch
+import torch._inductor.config
 
 from backends import CUDA
 from quietstar_fast import mixed_cross_entropy, sample_thought_tokens, thought_attention
@@ -18,10 +21,16 @@ DEVICE = "cuda" if ON_GPU else "cpu"
 BACKENDS = ["torch", "triton"] + ([CUDA] if ON_GPU else [])
 
 
+# Inductor's CPU code generator still emits at::vec code for some kernels when ATen is held to its scalar kernels
+# (ATEN_CPU_CAPABILITY=default), and that C++ fails to compile (torch 2.13); scalar code (simdlen 1) compiles.
+_INDUCTOR_OPTIONS = {"cpp.simdlen": 1} if os.environ.get("ATEN_CPU_CAPABILITY") == "default" else {}
+
+
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     torch._dynamo.reset()
-    yield
+    with torch._inductor.config.patch(_INDUCTOR_OPTIONS):
+        yield
     torch._dynamo.reset()
 
 
