@@ -109,7 +109,7 @@ def compile_config(kernel, dtype: torch.dtype, consts: dict, cfg, arch: int):
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-def _cuobjdump() -> str:
+def cuobjdump_path() -> str:
     """The cuobjdump that Triton's NVIDIA backend ships (or the CUDA toolkit's on PATH)."""
     import triton.backends.nvidia as nvidia
 
@@ -124,7 +124,7 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
         path = os.path.join(directory, "kernel.cubin")
         with open(path, "wb") as handle:
             handle.write(cubin)
-        report = subprocess.run([_cuobjdump(), "--dump-resource-usage", path], capture_output=True, text=True,
+        report = subprocess.run([cuobjdump_path(), "--dump-resource-usage", path], capture_output=True, text=True,
                                 check=True).stdout
     match = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", report)
     if match is None:

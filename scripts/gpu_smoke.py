@@ -27,7 +27,7 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 from attention_cases import Case, attention_comparisons  # noqa: E402
 from loss_cases import LossCase, ce_comparisons, sample_check  # noqa: E402
-from tolerance import Comparison, fa_rule_errors, rule_violation  # noqa: E402
+from tolerance import Comparison, evaluate_rule  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHAPES = {
@@ -84,11 +84,10 @@ class RowWriter:
         self.handle.flush()
 
     def comparison(self, key: dict, comparison: Comparison, note: str = "") -> None:
-        err, base_err, bound = fa_rule_errors(comparison.out, comparison.baseline, comparison.oracle,
-                                              comparison.dtype)
-        violation = rule_violation(comparison)
-        self.write(violation is None, **key, tensor=comparison.name, error=f"{err:.4g}",
-                   baseline_error=f"{base_err:.4g}", bound=f"{bound:.4g}", note=violation or note)
+        errors, violation = evaluate_rule(comparison)
+        numbers = dict(error="", baseline_error="", bound="") if errors is None else dict(
+            error=f"{errors.error:.4g}", baseline_error=f"{errors.baseline_error:.4g}", bound=f"{errors.bound:.4g}")
+        self.write(violation is None, **key, tensor=comparison.name, **numbers, note=violation or note)
 
 
 def run_case(op: str, shape, dtype: torch.dtype, impl: str, device: torch.device, rows: RowWriter) -> None:

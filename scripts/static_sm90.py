@@ -22,6 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from quietstar_fast.cuda_toolkit import find_cuda_toolkit
+from quietstar_fast.kernels.aot import cuobjdump_path
+
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ["backend", "kernel", "config", "dtype", "head_dim", "registers", "spill_bytes", "shared_bytes", "threads",
            "mma", "notes", "violations"]
@@ -49,14 +52,10 @@ def triton_rows() -> list[dict]:
         rows = [row for path in paths for row in csv.DictReader(open(path))]
     for row in rows:
         row["config"] = f"{row.pop('config')} {row.pop('constexprs')}"
-        row.pop("stack_bytes", None)
     return rows
 
 
 def _nvcc() -> str:
-    sys.path.insert(0, str(ROOT))
-    from quietstar_fast.cuda_toolkit import find_cuda_toolkit
-
     toolkit = find_cuda_toolkit()
     if toolkit is None:
         raise FileNotFoundError("nvcc not found: the CUDA evidence needs the CUDA toolkit")
@@ -68,16 +67,9 @@ def _demangle(names: list[str]) -> list[str]:
                           check=True).stdout.splitlines()
 
 
-def _cuobjdump() -> str:
-    sys.path.insert(0, str(ROOT))
-    from quietstar_fast.kernels.aot import _cuobjdump as bundled
-
-    return bundled()
-
-
 def _sass_counts(object_file: Path) -> dict[str, dict[str, int]]:
     """Per mangled function: how many of each instruction in _SASS_COUNTS its SASS holds."""
-    sass = subprocess.run([_cuobjdump(), "-sass", str(object_file)], capture_output=True, text=True,
+    sass = subprocess.run([cuobjdump_path(), "-sass", str(object_file)], capture_output=True, text=True,
                           check=True).stdout
     counts, current = {}, None
     for line in sass.splitlines():

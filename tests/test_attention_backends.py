@@ -8,7 +8,7 @@ import torch
 
 from attention_cases import OUTPUT_NAMES, Case, Problem, attention_comparisons, make_problem, run
 from backends import KERNEL_IMPLS
-from tolerance import assert_fa_rule, rule_violation
+from tolerance import assert_fa_rule, assert_rule
 
 # Odd and block-straddling n, right/left/holed padding, GQA 4/2 and 4/1, a in {0, 1, 3, 6}, m in {1, 2, a+1},
 # windows, head dims 64 and 128 (and a small and a non-power-of-two one).
@@ -29,7 +29,7 @@ DTYPES = [torch.float32, torch.float16]
 
 def _check_against_reference(case: Case, dtype: torch.dtype, impl: str, device: str):
     for comparison in attention_comparisons(case, dtype, impl, device):
-        assert rule_violation(comparison) is None, f"{impl} {case} {dtype}: {rule_violation(comparison)}"
+        assert_rule(comparison, f"{impl} {case} {dtype}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

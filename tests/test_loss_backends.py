@@ -11,7 +11,7 @@ from quietstar_fast import mixed_cross_entropy, sample_thought_tokens
 from quietstar_fast.loss import chunked
 from backends import KERNEL_IMPLS
 from loss_cases import LossCase, ce_comparisons, make_ce_inputs, make_sample_inputs, run_ce, sample_check
-from tolerance import assert_fa_rule, rule_violation
+from tolerance import assert_fa_rule, assert_rule
 
 IMPLS = ["torch", *KERNEL_IMPLS]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -32,7 +32,7 @@ CE_CASES = [
 def test_mixed_cross_entropy_matches_reference(impl, case, dtype, device):
     comparisons, ignored_losses = ce_comparisons(case, dtype, impl, device)
     for comparison in comparisons:
-        assert rule_violation(comparison) is None, f"{impl} {case} {dtype}: {rule_violation(comparison)}"
+        assert_rule(comparison, f"{impl} {case} {dtype}")
     assert torch.equal(ignored_losses, torch.zeros_like(ignored_losses))
 
 
@@ -128,7 +128,7 @@ def test_sampling_with_given_noise_matches_reference(impl, shape, dtype, device)
     if dtype == torch.float32:
         assert torch.equal(check.tokens, check.oracle_tokens)
     for comparison in check.comparisons:
-        assert rule_violation(comparison) is None, f"{impl} {shape} {dtype}: {rule_violation(comparison)}"
+        assert_rule(comparison, f"{impl} {shape} {dtype}")
 
 
 @pytest.mark.parametrize("impl", IMPLS)

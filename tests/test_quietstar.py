@@ -12,7 +12,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 transformers = pytest.importorskip("transformers", reason="the HF integration tests need transformers")
 
 from backends import KERNEL_IMPLS  # noqa: E402
-from tolerance import gradient_spreads, relative_error, rms_norm_in_model_dtype, spread_bound  # noqa: E402
+from tolerance import (  # noqa: E402
+    gradient_spreads, max_abs_error, relative_error, rms_norm_in_model_dtype, spread_bound,
+)
 from quietstar_fast import QuietStar, apply_quietstar_kernels, revert_quietstar_kernels  # noqa: E402
 
 DATA = torch.load(Path(__file__).parent / "data" / "official_quietstar_tiny.pt", weights_only=True)
@@ -79,10 +81,6 @@ def _values(source) -> dict[str, torch.Tensor]:
     return {name: value.detach().double() for name, value in values.items()}
 
 
-def _max_error(x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((x - y).abs().max()) if x.numel() else 0.0
-
-
 def _within(name: str, error: float, bound: float) -> None:
     assert error <= bound, f"{name}: error {error:.3g} > bound {bound:.3g}"
 
@@ -102,8 +100,8 @@ def _check_against_official(case_name: str, impl: str, kernel_impl: str, device:
     for name, expected in official.items():
         magnitude = float(expected.abs().max()) if expected.numel() else 0.0
         target = expected if impl == "reference" else fp64[name]
-        _within(name, _max_error(ours[name], target),
-                spread_bound(_max_error(fp32[name], fp64[name]), magnitude))
+        _within(name, max_abs_error(ours[name], target),
+                spread_bound(max_abs_error(fp32[name], fp64[name]), magnitude))
     spreads = gradient_spreads(ref32_grads, ref64_grads)
     for name, expected in case["grads"].items():
         target = expected if impl == "reference" else ref64_grads[name]

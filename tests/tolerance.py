@@ -54,25 +54,30 @@ def fa_rule_errors(out: torch.Tensor, baseline: torch.Tensor, oracle: torch.Tens
     return RuleErrors(max_abs_error(out, oracle), base_err, bound)
 
 
-def rule_violation(comparison: Comparison, input_noise: float = 0.0) -> str | None:
-    """None if ``comparison`` passes the rule, else why not."""
+def evaluate_rule(comparison: Comparison, input_noise: float = 0.0) -> tuple[RuleErrors | None, str | None]:
+    """(the errors and the bound, or None where the shapes differ; None if ``comparison`` passes, else why not)."""
     name, out, baseline, oracle, dtype = comparison
     if out.shape != oracle.shape:
-        return f"{name}: shape {tuple(out.shape)} != {tuple(oracle.shape)}"
+        return None, f"{name}: shape {tuple(out.shape)} != {tuple(oracle.shape)}"
+    errors = fa_rule_errors(out, baseline, oracle, dtype, input_noise)
     if not torch.equal(torch.isinf(out), torch.isinf(oracle)):
-        return f"{name}: -inf pattern differs from the oracle"
+        return errors, f"{name}: -inf pattern differs from the oracle"
     if torch.isnan(out).any():
-        return f"{name}: NaN in result"
-    err, base_err, bound = fa_rule_errors(out, baseline, oracle, dtype, input_noise)
-    if not err <= bound:
-        return f"{name}: max error {err:.3g} > bound {bound:.3g} (baseline error {base_err:.3g})"
-    return None
+        return errors, f"{name}: NaN in result"
+    if not errors.error <= errors.bound:
+        return errors, (f"{name}: max error {errors.error:.3g} > bound {errors.bound:.3g} "
+                        f"(baseline error {errors.baseline_error:.3g})")
+    return errors, None
+
+
+def assert_rule(comparison: Comparison, context: str = "", input_noise: float = 0.0) -> None:
+    _, violation = evaluate_rule(comparison, input_noise)
+    assert violation is None, f"{context}: {violation}" if context else violation
 
 
 def assert_fa_rule(name: str, out: torch.Tensor, baseline: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype,
                    input_noise: float = 0.0):
-    violation = rule_violation(Comparison(name, out, baseline, oracle, dtype), input_noise)
-    assert violation is None, violation
+    assert_rule(Comparison(name, out, baseline, oracle, dtype), input_noise=input_noise)
 
 
 # Whole-step comparisons (tests/test_quietstar.py, tests/test_smollm2.py) derive their bounds the same way: what fp32
