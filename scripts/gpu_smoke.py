@@ -34,6 +34,7 @@ SHAPES = {
     "gpu": {
         "attention": [
             Case(2, 8, 2, 300, 12, 1, 128, "right"),  # GQA 4:1, a = 12, the official right padding, d = 128
+            Case(2, 8, 8, 256, 4, 1, 128),  # no padding: sdpa's plain causal path
             Case(2, 4, 4, 200, 3, 4, 64, "left", window=64),  # m = a + 1 (prefix queries too), rows with no key
             Case(1, 6, 3, 129, 12, 2, 64, "holes"),  # two talk-like query steps, holed padding, n just past a tile
         ],
@@ -125,7 +126,8 @@ def run_case(op: str, shape, dtype: torch.dtype, impl: str, device: torch.device
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impls", nargs="+", choices=("triton", "cuda", "torch"), default=["triton", "cuda"])
+    parser.add_argument("--impls", nargs="+", choices=("triton", "cuda", "sdpa", "torch"),
+                        default=["triton", "cuda", "sdpa"], help="sdpa runs the attention cases only")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--ops", nargs="+", choices=("attention", "ce", "sample"),
                         default=["attention", "ce", "sample"])
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset or ("gpu" if device.type == "cuda" else "tiny")
     rows = RowWriter(args.out, environment(device))
     for op in args.ops:
-        for impl in args.impls:
+        for impl in (impl for impl in args.impls if op == "attention" or impl != "sdpa"):
             for dtype_name in args.dtypes:
                 for shape in SHAPES[preset][op]:
                     torch.manual_seed(0)

@@ -25,13 +25,16 @@ CUDA = pytest.param("cuda", marks=needs_cuda_kernels)
 KERNEL_IMPLS = ["triton", CUDA]
 
 
-def every_backend():
+def every_backend(attention: bool = False):
     """Backend ids for tests that run every kernel this machine can run: torch, triton (interpreted on CPU), and the
-    CUDA kernels (on a GPU, or emulated on CPU as "cuda-emulated"). The ``impl_for`` fixture (conftest.py) maps an
-    id to the impl string."""
+    CUDA kernels (on a GPU, or emulated on CPU as "cuda-emulated"); for ``attention`` tests also sdpa (PyTorch's
+    fused kernels plus the exact merge), which only ``thought_attention`` has. The ``impl_for`` fixture
+    (conftest.py) maps an id to the impl string."""
     from emulated_cuda import emulation_unavailable_reason
 
     backends = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton")]
+    if attention:
+        backends.append(pytest.param("sdpa", id="sdpa"))
     if torch.cuda.is_available():
         backends.append(pytest.param("cuda", id="cuda", marks=needs_cuda_kernels))
     else:

@@ -57,8 +57,8 @@ def use_emulated_cuda_kernels(monkeypatch) -> None:
 
     ops = emulated_ops()
     for module in (attention_api, loss_api):
-        def resolve(impl, x, real=module.resolve_impl):
-            return "cuda" if impl == "cuda" else real(impl, x)
+        def resolve(impl, x, real=module.resolve_impl, **kwargs):
+            return "cuda" if impl == "cuda" else real(impl, x, **kwargs)
 
         monkeypatch.setattr(module, "resolve_impl", resolve)
     monkeypatch.setattr(attention_cuda, "ops", lambda: ops)

@@ -1,4 +1,5 @@
-"""thought_attention backends ("torch", "triton", "cuda") against the dense-mask reference, forward and every gradient.
+"""thought_attention backends ("torch", "sdpa", "triton", "cuda") against the dense-mask reference, forward and
+every gradient.
 
 On CPU, Triton runs in its interpreter (see conftest.py); on a GPU the same tests run the compiled kernels, and
 the CUDA kernels (tests/backends.py).
@@ -34,12 +35,12 @@ def _check_against_reference(case: Case, dtype: torch.dtype, impl: str, device: 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
-@pytest.mark.parametrize("impl", ["torch", *KERNEL_IMPLS])
+@pytest.mark.parametrize("impl", ["torch", "sdpa", *KERNEL_IMPLS])
 def test_backend_matches_reference(impl, case, dtype, device):
     _check_against_reference(case, dtype, impl, device)
 
 
-@pytest.mark.parametrize("impl", ["torch", *KERNEL_IMPLS])
+@pytest.mark.parametrize("impl", ["torch", "sdpa", *KERNEL_IMPLS])
 def test_bfloat16(impl, device):
     # On CPU the kernels upcast bf16 right after loading (the interpreter mishandles bf16 arithmetic).
     _check_against_reference(Case(2, 4, 2, 37, 3, 2, 64, "right", window=16), torch.bfloat16, impl, device)
@@ -67,7 +68,7 @@ def test_torch_gradcheck_float64(device):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("impl", ["torch", *KERNEL_IMPLS, "reference"])
+@pytest.mark.parametrize("impl", ["torch", "sdpa", *KERNEL_IMPLS, "reference"])
 def test_noncontiguous_inputs(impl, device):
     """HF hands attention (B, H, T, d) views of (B, T, H, d) tensors; a transposed head dim must work too."""
     case = Case(2, 4, 2, 19, 2, 1, 64, "right")

@@ -19,6 +19,7 @@ from quietstar_fast.hf import ThoughtLayout, apply_quietstar_kernels, thought_ca
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 BACKENDS = ["torch", "triton"] + ([CUDA] if ON_GPU else [])
+ATTENTION_BACKENDS = [*BACKENDS, "sdpa"]
 
 
 # Inductor's CPU code generator still emits at::vec code for some kernels when ATen is held to its scalar kernels
@@ -53,13 +54,14 @@ def _assert_same(eager, compiled):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_thought_attention_compiles_without_graph_breaks(impl):
+@pytest.mark.parametrize("window", [9, None], ids=lambda w: f"W{w}")
+@pytest.mark.parametrize("impl", ATTENTION_BACKENDS)
+def test_thought_attention_compiles_without_graph_breaks(impl, window):
     valid = torch.ones(2, 16, dtype=torch.bool, device=DEVICE)
     valid[1, 12:] = False
 
     def fn(q, k, v, valid):
-        out, lse = thought_attention(q, k, v, prefix_len=16, key_padding_mask=valid, sliding_window=9,
+        out, lse = thought_attention(q, k, v, prefix_len=16, key_padding_mask=valid, sliding_window=window,
                                      return_lse=True, impl=impl)
         return out.float().square().sum() + lse.masked_fill(lse.isinf(), 0).sum()
 
@@ -112,7 +114,7 @@ def _thought_call_inputs(n=12, steps=3):
     return embeds, positions[None].expand(2, -1), valid
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("impl", ATTENTION_BACKENDS)
 def test_model_with_thought_attention_compiles_without_graph_breaks(impl):
     call = ThoughtCall(_tiny_llama(), 12, impl)
     inputs = _thought_call_inputs()

@@ -27,7 +27,7 @@ settings.register_profile("long", deadline=None, max_examples=1000, print_blob=T
 settings.load_profile(PROFILE)
 
 # Examples per backend in the CI profile: the interpreted and emulated kernels are slow on CPU.
-CI_EXAMPLES = {"torch": 100, "triton": 40, "cuda": 40, "cuda-emulated": 40}
+CI_EXAMPLES = {"torch": 100, "sdpa": 100, "triton": 40, "cuda": 40, "cuda-emulated": 40}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -97,7 +97,7 @@ def _attention_problem(case: Case, mask, dtype, noncontiguous: bool, seed: int) 
     return Problem(q, k, v, grad_out, grad_lse, None if mask is None else mask.to(DEVICE), case)
 
 
-@pytest.mark.parametrize("backend", every_backend())
+@pytest.mark.parametrize("backend", every_backend(attention=True))
 def test_thought_attention_fuzz(backend, impl_for):
     impl = impl_for(backend)
     max_head_dim = 128 if impl == "cuda" else 256

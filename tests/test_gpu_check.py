@@ -40,10 +40,10 @@ def test_full_profile_runs_the_rest():
 
 def test_smoke_writes_a_passing_row_per_output(tmp_path):
     out = tmp_path / "smoke.csv"
-    assert gpu_smoke.main(["--preset", "tiny", "--impls", "triton", "torch", "--out", str(out)]) == 0
+    assert gpu_smoke.main(["--preset", "tiny", "--impls", "triton", "torch", "sdpa", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out)))
     per_case = {"attention": 5, "ce": 7, "sample": 4}  # o/lse/dq/dk/dv; loss/lse/4 grads/ignored; tokens/lp/2 grads
-    expected = sum(per_case.values()) * 2 * 2  # impls x dtypes
+    expected = (sum(per_case.values()) * 2 + per_case["attention"]) * 2  # (triton, torch; sdpa: attention) x dtypes
     assert len(rows) == expected
     assert all(row["passed"] == "True" for row in rows), [row for row in rows if row["passed"] != "True"]
     assert {row["gpu"] for row in rows} == {"cpu"} and rows[0]["torch"] == torch.__version__

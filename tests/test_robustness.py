@@ -21,7 +21,7 @@ def _attention_inputs(device, n=20, a=1, d=32):
 
 # ---- non-finite inputs ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", every_backend())
+@pytest.mark.parametrize("backend", every_backend(attention=True))
 def test_nan_in_a_query_reaches_its_own_row_only(backend, impl_for):
     impl, device = impl_for(backend), _device_for(backend)
     q, k, v = _attention_inputs(device)
@@ -33,7 +33,7 @@ def test_nan_in_a_query_reaches_its_own_row_only(backend, impl_for):
     assert torch.isfinite(out[0][others]).all()
 
 
-@pytest.mark.parametrize("backend", every_backend())
+@pytest.mark.parametrize("backend", every_backend(attention=True))
 def test_nan_in_a_key_reaches_the_rows_that_see_it(backend, impl_for):
     """Rows that see key j become NaN; rows that do not see it stay finite (masked scores are replaced, not
     multiplied). A NaN in v may also reach rows of the same tile that do not see it (0 * NaN), as in SDPA."""
@@ -47,7 +47,7 @@ def test_nan_in_a_key_reaches_the_rows_that_see_it(backend, impl_for):
     assert torch.isnan(thought_attention(q, k, v, prefix_len=20, impl=impl)[0, :, 10:]).all()
 
 
-@pytest.mark.parametrize("backend", every_backend())
+@pytest.mark.parametrize("backend", every_backend(attention=True))
 def test_rows_that_see_nothing_give_zeros_not_nan(backend, impl_for):
     impl, device = impl_for(backend), _device_for(backend)
     q, k, v = (x.requires_grad_(True) for x in _attention_inputs(device))
@@ -82,14 +82,20 @@ def test_all_ignored_targets_give_zero_loss_and_gradients(backend, impl_for):
 
 # ---- determinism ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", every_backend())
-def test_backward_passes_are_bitwise_deterministic(backend, impl_for):
+@pytest.mark.parametrize("backend", every_backend(attention=True))
+@pytest.mark.parametrize("padding, window", [("right", 9), ("right", None), (None, None)], ids=str)
+def test_attention_backward_is_bitwise_deterministic(backend, padding, window, impl_for):
     """No backend accumulates with atomics, so two runs give identical bits (no deterministic= switch needed)."""
     impl, device = impl_for(backend), _device_for(backend)
-    problem = make_problem(Case(2, 4, 2, 37, 3, 2, 64, "right", window=9), torch.bfloat16, device)
+    problem = make_problem(Case(2, 4, 2, 37, 3, 2, 64, padding, window=window), torch.bfloat16, device)
     first, second = run(problem, impl), run(problem, impl)
     for name in first:
         assert torch.equal(first[name], second[name]), name
+
+
+@pytest.mark.parametrize("backend", every_backend())
+def test_lm_head_backward_is_bitwise_deterministic(backend, impl_for):
+    impl, device = impl_for(backend), _device_for(backend)
     h = torch.randn(40, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
     w = torch.randn(1000, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
     targets = torch.randint(0, 1000, (40,), device=device)
@@ -104,7 +110,7 @@ def test_backward_passes_are_bitwise_deterministic(backend, impl_for):
 
 def _huge_offset_backends():
     """The interpreter copies whole storages back after each launch, so on CPU Triton is covered by the GPU run."""
-    return [b for b in every_backend() if torch.cuda.is_available() or b.values[0] != "triton"]
+    return [b for b in every_backend(attention=True) if torch.cuda.is_available() or b.values[0] != "triton"]
 
 
 @pytest.mark.parametrize("backend", _huge_offset_backends())

@@ -31,17 +31,25 @@ def thought_attention(
         softmax_scale: defaults to 1/sqrt(d).
         return_lse: also return the log-sum-exp (B, Hq, m*n) in fp32 (fp64 for fp64 inputs); it is differentiable.
         impl: "triton" (kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1), "cuda" (the CUDA C++
-            kernels of the optional extension ``quietstar_fast._C``; head_dim <= 128), "torch" (chunked PyTorch,
-            memory-efficient), "reference" (dense mask, as the official code), or "auto" (triton for CUDA tensors,
-            torch otherwise).
+            kernels of the optional extension ``quietstar_fast._C``; head_dim <= 128), "sdpa" (PyTorch's fused
+            attention kernels for the causal prefix, merged exactly with the own-stream part; what they cannot take
+            goes to triton on CUDA, torch elsewhere: docs/api.md), "torch" (chunked PyTorch, memory-efficient),
+            "reference" (dense mask, as the official code), or "auto" (triton for CUDA tensors, sdpa for CPU
+            tensors up to fp32, torch for fp64: measured in benchmarks/results/cpu_sdpa_auto.csv).
 
     Returns:
         o (B, Hq, m*n, d) in q's dtype, and lse if ``return_lse``. A query with no visible key (every key up to it
         padded) gets o = 0 and lse = -inf.
     """
     call = check_attention_call(q, k, v, prefix_len, key_padding_mask, sliding_window, softmax_scale)
-    impl = resolve_impl(impl, q)
-    if impl == "triton":
+    impl = resolve_impl(impl, q, attention=True)
+    if impl == "sdpa":
+        from .sdpa_impl import sdpa_fallback, sdpa_thought_attention
+
+        impl = sdpa_fallback(call, q.device, q.dtype) or impl
+    if impl == "sdpa":
+        out, lse = sdpa_thought_attention(q, k, v, call, need_lse=return_lse)
+    elif impl == "triton":
         from .triton_impl import triton_thought_attention
 
         out, lse = triton_thought_attention(q, k, v, call)
