@@ -11,7 +11,11 @@ Providers
   cuda                quietstar_fast impl="cuda" (the CUDA C++ kernels; needs the built extension quietstar_fast._C)
 
 Defaults: on CPU a small sweep in fp32 on one thread; on CUDA the issue's target shape sweep in bf16.
-``--preset cpu-target`` runs the CPU acceptance shapes (B=1, Hq=4, Hkv=2, d=64, fp32; n=1024, a=12 and n=4096, a=4).
+``--preset cpu-target`` runs the CPU acceptance shapes (B=1, Hq=4, Hkv=2, d=64, fp32; n=1024, a=12 and n=4096, a=4);
+``--preset cpu-sweep`` n = 512..4096 at a=4 (the plot: time and memory over n per provider); ``--preset cpu-auto``
+the shapes of a Quiet-STaR step on CPU (SmolLM2-135M and the tiny model's heads, n 64, 128 and 256, thought and talk
+steps, with and without right padding, fp32, bf16 and fp16) for the torch and sdpa backends, which ``impl="auto"`` picks
+between on CPU.
 Results: CSV (Liger's schema) and a PNG under benchmarks/results/.
 """
 from __future__ import annotations
@@ -129,6 +133,12 @@ _FACTORIES = {
 def _sweep(args) -> list[Shape]:
     if args.preset == "cpu-target":
         return [Shape(1, 4, 2, 1024, 12, 1, 64, "fp32", False), Shape(1, 4, 2, 4096, 4, 1, 64, "fp32", False)]
+    if args.preset == "cpu-sweep":
+        return [Shape(1, 4, 2, n, 4, 1, 64, "fp32", False) for n in (512, 1024, 2048, 4096)]
+    if args.preset == "cpu-auto":
+        return [Shape(2, heads, kv_heads, n, a, m, d, dtype, padding)
+                for heads, kv_heads, d in ((9, 3, 64), (8, 4, 32)) for n in (64, 128, 256)
+                for a, m in ((1, 1), (5, 1), (6, 3)) for padding in (False, True) for dtype in ("fp32", "bf16", "fp16")]
     if args.preset == "gpu-target":
         return [Shape(8, 32, 8, n, 12, 1, 128, "bf16", False) for n in (256, 512, 1024, 2048)]
     return [Shape(args.batch, args.q_heads, args.kv_heads, n, args.a, args.m, args.d, args.dtype, args.padding)
@@ -138,7 +148,8 @@ def _sweep(args) -> list[Shape]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     bench_utils.add_common_args(parser, PROVIDERS, repeats=5)
-    parser.add_argument("--preset", choices=["small", "cpu-target", "gpu-target"], default=None,
+    parser.add_argument("--preset", choices=["small", "cpu-target", "cpu-sweep", "cpu-auto", "gpu-target"],
+                        default=None,
                         help="default: small on CPU, gpu-target on CUDA")
     parser.add_argument("--n", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--a", type=int, default=12)

@@ -25,20 +25,25 @@ def triton_can_run_on(device: torch.device) -> bool:
 
 IMPLS = ("auto", "triton", "cuda", "torch", "reference")
 ATTENTION_IMPLS = IMPLS + ("sdpa",)
+# "auto" for CPU attention, from benchmarks/results/attention_cpu_cpu-auto.csv (the shapes of a Quiet-STaR step):
+# sdpa beats torch in fp32 at every measured n (64 to 4096) and in bf16 from n = 256 (below, PyTorch's fused bf16
+# backward costs more than it saves); in fp16 PyTorch's fused CPU backward is up to 2x slower than the torch path.
+SDPA_MIN_PREFIX_BF16_CPU = 256
 
 
-def resolve_impl(impl: str, x: torch.Tensor, *, attention: bool = False) -> str:
+def resolve_impl(impl: str, x: torch.Tensor, *, attention: bool = False, prefix_len: int = 0) -> str:
     """The backend ``impl`` means for inputs like ``x`` (``attention``: for ``thought_attention``, which also has
-    "sdpa"). "auto" is triton for CUDA tensors (not fp64); for CPU attention up to fp32 it is sdpa, which beats the
-    torch path at every measured shape (benchmarks/results/cpu_sdpa_auto.csv); else torch. Raises a clear error
-    when the request cannot run here."""
+    "sdpa"; ``prefix_len`` its n). "auto" is triton for CUDA tensors (not fp64); for CPU attention it is sdpa in
+    fp32, and in bf16 from n = ``SDPA_MIN_PREFIX_BF16_CPU``; else torch. Raises a clear error when the request
+    cannot run here."""
     allowed = ATTENTION_IMPLS if attention else IMPLS
     if impl not in allowed:
         raise ValueError(f"impl must be one of {allowed}, got {impl!r}")
     if impl == "auto":
         if x.device.type == "cuda" and triton_installed() and x.dtype != torch.float64:
             return "triton"
-        return "sdpa" if attention and x.device.type == "cpu" and x.dtype != torch.float64 else "torch"
+        sdpa_wins = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and prefix_len >= SDPA_MIN_PREFIX_BF16_CPU)
+        return "sdpa" if attention and x.device.type == "cpu" and sdpa_wins else "torch"
     if impl == "cuda":
         if x.device.type != "cuda":
             raise ValueError(f"impl='cuda' needs CUDA tensors; the inputs are on {x.device}. Use impl='torch' on CPU.")

@@ -34,15 +34,15 @@ def thought_attention(
             kernels of the optional extension ``quietstar_fast._C``; head_dim <= 128), "sdpa" (PyTorch's fused
             attention kernels for the causal prefix, merged exactly with the own-stream part; what they cannot take
             goes to triton on CUDA, torch elsewhere: docs/api.md), "torch" (chunked PyTorch, memory-efficient),
-            "reference" (dense mask, as the official code), or "auto" (triton for CUDA tensors, sdpa for CPU
-            tensors up to fp32, torch for fp64: measured in benchmarks/results/cpu_sdpa_auto.csv).
+            "reference" (dense mask, as the official code), or "auto" (triton for CUDA tensors; on CPU sdpa in
+            fp32 and, from n = 256, in bf16, else torch: measured in benchmarks/results/attention_cpu_cpu-auto.csv).
 
     Returns:
         o (B, Hq, m*n, d) in q's dtype, and lse if ``return_lse``. A query with no visible key (every key up to it
         padded) gets o = 0 and lse = -inf.
     """
     call = check_attention_call(q, k, v, prefix_len, key_padding_mask, sliding_window, softmax_scale)
-    impl = resolve_impl(impl, q, attention=True)
+    impl = resolve_impl(impl, q, attention=True, prefix_len=prefix_len)
     if impl == "sdpa":
         from .sdpa_impl import sdpa_fallback, sdpa_thought_attention
 

@@ -144,7 +144,8 @@ def sdpa_forward(q, k, v, key_valid, prefix_len: int, sliding_window: int, softm
     lse = torch.logaddexp(prefix_lse, stream.stats_grouped(torch.logsumexp(scores, dim=-1)))
     divisor = _positive_infinity_where_empty(lse)
     probs = scores.sub_(stream.stats_position_major(divisor)[..., None]).exp_()
-    out = torch.exp(prefix_lse - divisor)[..., None] * prefix_out
+    out = prefix_out.to(p.cdtype)  # the fused kernel's own output buffer for fp32 and fp64: updated in place
+    out.mul_(torch.exp(prefix_lse - divisor)[..., None])
     out += stream.grouped_from_position_major(stream.weighted_values(probs))
     return out.to(q.dtype).reshape(q.shape), lse.reshape(q.shape[:3]), probs
 
