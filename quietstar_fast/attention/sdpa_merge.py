@@ -64,14 +64,13 @@ def prefix_plan(key_valid: torch.Tensor | None, prefix_len: int, sliding_window:
 class _Problem:
     """One call's tensors in the shapes the pieces need."""
 
-    def __init__(self, q, k, v, key_valid, prefix_len: int, softmax_scale: float):
+    def __init__(self, q, k, v, prefix_len: int, softmax_scale: float):
         b, hq, t, d = q.shape
         hkv, n = k.shape[1], prefix_len
-        self.n, self.m, self.a = n, t // n, k.shape[2] // n - 1
-        self.grouped = (b, hkv, hq // hkv, self.m, n)
+        self.n, self.a = n, k.shape[2] // n - 1
+        self.grouped = (b, hkv, hq // hkv, t // n, n)
         self.scale = softmax_scale
         self.q, self.k, self.v = q, k, v
-        self.key_valid = key_valid
         self.cdtype = statistics_dtype(q.dtype)
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +125,7 @@ def stream_probs_shape(q: torch.Tensor, k: torch.Tensor, prefix_len: int) -> tup
 def sdpa_forward(q, k, v, key_valid, prefix_len: int, sliding_window: int, softmax_scale: float
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(o, lse, the stream keys' probabilities under the merged softmax (B, Hkv, n, G*m, a), for the backward)."""
-    p = _Problem(q, k, v, key_valid, prefix_len, softmax_scale)
+    p = _Problem(q, k, v, prefix_len, softmax_scale)
     plan = prefix_plan(key_valid, prefix_len, sliding_window, q.device)
     if plan.kind == "delegate":
         from .triton_impl import thought_attention_fwd
@@ -152,7 +151,7 @@ def sdpa_forward(q, k, v, key_valid, prefix_len: int, sliding_window: int, softm
 
 def sdpa_backward(q, k, v, out, lse, stream_probs, grad_out, grad_lse, key_valid, prefix_len: int,
                   sliding_window: int, softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    p = _Problem(q, k, v, key_valid, prefix_len, softmax_scale)
+    p = _Problem(q, k, v, prefix_len, softmax_scale)
     plan = prefix_plan(key_valid, prefix_len, sliding_window, q.device)
     if plan.kind == "delegate":
         from .triton_impl import thought_attention_bwd
@@ -163,37 +162,37 @@ def sdpa_backward(q, k, v, out, lse, stream_probs, grad_out, grad_lse, key_valid
     if grad_lse is not None and not bool(torch.any(grad_lse != 0)):
         grad_lse = None
     n = p.n
-    fused_lse = _positive_infinity_where_empty(lse)
     head_q, head_out, head_grad = p.heads(q), p.heads(out), p.heads(grad_out)
-    head_lse = p.head_stats(fused_lse)
+    head_lse = p.head_stats(_positive_infinity_where_empty(lse))
     head_grad_lse = None if grad_lse is None else p.head_stats(grad_lse)
     prefix_k, prefix_v = p.prefix_kv()
-    padded_rows = [(row, length) for row, length in enumerate(plan.lengths) if 0 < length < n]
+    main_grad, main_lse, main_grad_lse = head_grad, head_lse, head_grad_lse
     if plan.lengths:
         # The main call must not see the padded queries: zero output gradient and P = 0 there.
-        head_grad, head_lse = head_grad.clone(), head_lse.clone()
-        head_grad_lse = None if head_grad_lse is None else head_grad_lse.clone()
+        main_grad, main_lse = head_grad.clone(), head_lse.clone()
+        main_grad_lse = None if head_grad_lse is None else head_grad_lse.clone()
         for row, length in enumerate(plan.lengths):
-            head_grad[row, :, length:] = 0
-            head_lse[row, :, length:] = float("inf")
-            if head_grad_lse is not None:
-                head_grad_lse[row, :, length:] = 0
+            main_grad[row, :, length:] = 0
+            main_lse[row, :, length:] = float("inf")
+            if main_grad_lse is not None:
+                main_grad_lse[row, :, length:] = 0
     mask = None if plan.kind != "masked" else _additive(plan.allowed, q.dtype)
-    dq, dk_prefix, dv_prefix = prefix_backward(head_grad, head_q, prefix_k, prefix_v, head_out, head_lse,
+    dq, dk_prefix, dv_prefix = prefix_backward(main_grad, head_q, prefix_k, prefix_v, head_out, main_lse,
                                                p.scale, causal=mask is None, additive_mask=mask,
-                                               grad_lse=head_grad_lse)
+                                               grad_lse=main_grad_lse)
     dq = dq.to(p.cdtype)
     dk = torch.empty(k.shape, dtype=p.cdtype, device=k.device)
     dv = torch.empty_like(dk)
     dk[:, :, :n], dv[:, :, :n] = dk_prefix, dv_prefix
-    for row, length in padded_rows:
-        rows = slice(row, row + 1)
-        pad_grad_lse = None if grad_lse is None else p.head_stats(grad_lse)[rows, :, length:]
+    for row, length in enumerate(plan.lengths):
+        if not 0 < length < n:
+            continue  # no padded query, or no real key for them to see
+        rows, padded = slice(row, row + 1), slice(length, n)
         pad_dq, pad_dk, pad_dv = prefix_backward(
-            p.heads(grad_out)[rows, :, length:], head_q[rows, :, length:], prefix_k[rows, :, :length],
-            prefix_v[rows, :, :length], head_out[rows, :, length:], p.head_stats(fused_lse)[rows, :, length:],
-            p.scale, causal=False, grad_lse=pad_grad_lse)
-        dq[rows, :, length:] += pad_dq
+            head_grad[rows, :, padded], head_q[rows, :, padded], prefix_k[rows, :, :length],
+            prefix_v[rows, :, :length], head_out[rows, :, padded], head_lse[rows, :, padded], p.scale,
+            causal=False, grad_lse=None if head_grad_lse is None else head_grad_lse[rows, :, padded])
+        dq[rows, :, padded] += pad_dq
         dk[rows, :, :length] += pad_dk
         dv[rows, :, :length] += pad_dv
     dq = dq.reshape(*p.grouped, -1)

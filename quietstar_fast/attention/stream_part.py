@@ -60,7 +60,7 @@ class StreamPart:
     def _hidden(self) -> torch.Tensor:
         """Bool, broadcastable to (B, Hkv, n, G, m, a): query step r sees stream keys s <= r of its own position,
         and none if that position is padding."""
-        b, hkv, g, m, n = self.grouped
+        m = self.grouped[3]
         device = self.k.device
         steps = torch.arange(self.a + 1 - m, self.a + 1, device=device)[:, None]
         hidden = torch.arange(1, self.a + 1, device=device)[None, :] > steps  # (m, a)
