@@ -4,6 +4,7 @@ Providers
   reference   the official computation step by step (impl="reference")
   fast-torch  the fast path with kernel_impl="torch" (the chunked PyTorch attention and LM-head ops)
   fast        the fast path with kernel_impl="auto" (on CPU: attention impl="sdpa", LM-head ops "torch")
+  fast-ckpt   fast with activation_checkpointing="layer" (each decoder layer of each step recomputed in the backward)
 
 Models
   tiny      a random Llama (hidden 256, 4 layers, vocab 8192) built from a config
@@ -27,9 +28,10 @@ import bench_utils  # noqa: E402
 
 from quietstar_fast import QuietStar, add_thought_tokens  # noqa: E402
 
-PROVIDERS = ("reference", "fast-torch", "fast")
-# provider -> (QuietStar impl, kernel_impl)
-_PATHS = {"reference": ("reference", "auto"), "fast-torch": ("fast", "torch"), "fast": ("fast", "auto")}
+PROVIDERS = ("reference", "fast-torch", "fast", "fast-ckpt")
+# provider -> (QuietStar impl, kernel_impl, activation_checkpointing)
+_PATHS = {"reference": ("reference", "auto", None), "fast-torch": ("fast", "torch", None),
+          "fast": ("fast", "auto", None), "fast-ckpt": ("fast", "auto", "layer")}
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -128,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         model, ids = built
         for seq_len, provider in ((seq_len, provider) for seq_len in seq_lens for provider in providers):
             config = f"model={name}, batch={batch}, n={seq_len}, N={n_ahead}, T={n_talk}, P={args.n_passes}"
-            impl, kernel_impl = _PATHS[provider]
+            impl, kernel_impl, checkpointing = _PATHS[provider]
             quiet = QuietStar(model, n_ahead=n_ahead, n_ahead_talk=n_talk, n_passes=args.n_passes, impl=impl,
-                              kernel_impl=kernel_impl, **ids)
+                              kernel_impl=kernel_impl, activation_checkpointing=checkpointing, **ids)
             measured = bench_utils.measure(step_fn(quiet, batch, seq_len, device), device, args.repeats,
                                            f"{provider} {config}")
             if measured is None:

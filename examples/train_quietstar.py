@@ -109,6 +109,7 @@ def train(args: argparse.Namespace) -> list[dict]:
     model = loaded.model.to(device=device, dtype=dtype)
     quiet = QuietStar(model, start_token_id=loaded.start_id, end_token_id=loaded.end_id,
                       init_token_id=loaded.init_id, pad_token_id=loaded.pad_id, impl=args.impl,
+                      activation_checkpointing=args.activation_checkpointing,
                       n_ahead=args.n_ahead, n_ahead_talk=args.n_ahead_talk, n_passes=args.n_passes)
     optimizer = torch.optim.AdamW(quiet.parameters(), lr=args.lr, weight_decay=1e-3)
     step, history = 0, []
@@ -159,6 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--tiny", action="store_true", help="a random tiny Llama over characters")
     parser.add_argument("--data", nargs="+", default=[str(DATA_DIR / "arithmetic.txt"), str(DATA_DIR / "aesop.txt")])
     parser.add_argument("--impl", choices=["fast", "reference"], default="fast")
+    parser.add_argument("--activation-checkpointing", choices=["layer"], default=None,
+                        help="recompute each decoder layer of each step in the backward (docs/checkpointing.md)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=2, help="sequences per process and step")
     parser.add_argument("--seq-len", type=int, default=32)

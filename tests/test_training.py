@@ -44,6 +44,17 @@ def test_fast_and_reference_training_curves_match_in_float64(tmp_path):
         assert max(_relative_deviations(fast, reference, key)) <= 1e-5, key
 
 
+def test_checkpointed_training_curve_matches_the_reference_in_float64(tmp_path):
+    """The example's --activation-checkpointing: 8 AdamW steps of the checkpointed fast path against the reference
+    without it, under the bound of the fp64 curve test above."""
+    common = ("--steps", "8", "--lr", "1e-3", "--dtype", "fp64")
+    checkpointed = train_quietstar.train(_args(tmp_path / "ckpt", "--impl", "fast", "--activation-checkpointing",
+                                               "layer", *common))
+    reference = train_quietstar.train(_args(tmp_path / "ref", "--impl", "reference", *common))
+    for key in ("loss", "nll_loss", "policy_loss"):
+        assert max(_relative_deviations(checkpointed, reference, key)) <= 1e-5, key
+
+
 def test_fast_and_reference_training_curves_match_in_float32(tmp_path):
     """In fp32 the 1e6-weighted policy term makes the trajectory chaotic (Adam turns the rounding noise of
     near-zero gradients into full-size steps, in either path alike), so only the NLL curves are compared.

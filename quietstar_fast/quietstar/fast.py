@@ -18,10 +18,10 @@ from ..loss.api import loss_backend
 from ..loss.checks import banned_mask
 from ..loss.function import linear_nll
 from ..loss.mixing import mix_hidden
-from .steps import base_for_talk_step, cache_kwarg, make_rows, meta_embedding, new_cache, teacher_forced_ids
+from .steps import base_for_talk_step, cache_kwarg, make_rows, meta_embedding, teacher_forced_ids
 
 
-def fast_forward(qs, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states):
+def fast_forward(qs, cache, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states):
     from .module import QuietStarOutput
 
     cfg = qs.config
@@ -41,7 +41,7 @@ def fast_forward(qs, input_ids, attention_mask, gumbel_noise, generator, output_
         return thought_call_kwargs(ThoughtLayout(seq_len, padding, cfg.sliding_window, qs.kernel_impl))
 
     thought_call = call_kwargs(rows_info.padding)
-    cache, cache_name = new_cache(), cache_kwarg(decoder)
+    cache_name = cache_kwarg(decoder)
     positions = torch.arange(seq_len, device=ids.device)[None]
 
     def run(inputs, steps, layout_kwargs=thought_call):

@@ -8,8 +8,10 @@ from torch import nn
 
 from .._platform import IMPLS as BACKEND_IMPLS
 from ..hf import apply_quietstar_kernels, check_supported_model
+from .checkpointing import CHECKPOINTING_MODES, checkpointed_layers
 from .config import QuietStarConfig
 from .objective import quietstar_objective
+from .steps import new_cache
 from .tokens import END_THOUGHT, INIT_TEXT, START_THOUGHT
 
 IMPLS = ("fast", "reference")
@@ -114,6 +116,11 @@ class QuietStar(nn.Module):
             the same numbers; the attribute can be switched between calls.
         kernel_impl: backend of the thought attention and the fused LM-head ops in the fast path ("auto", "triton",
             "cuda", "torch").
+        activation_checkpointing: "layer" recomputes each decoder layer of each step in the backward instead of
+            keeping its activations (``docs/checkpointing.md``); None (default) follows transformers' switch
+            (``model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})``), with
+            its ``every_n_layers`` and ``offload``. Either way the KV cache keeps its thought-loop semantics and the
+            numbers are those without checkpointing. Applies in training mode; the attribute can be switched.
         Other keyword arguments set ``QuietStarConfig`` fields (n_ahead=12, n_ahead_talk=4, n_passes=2, ...).
 
     The model's attention is switched to the "quietstar_thought" implementation (``apply_quietstar_kernels``),
@@ -131,6 +138,7 @@ class QuietStar(nn.Module):
         tokenizer=None,
         impl: str = "fast",
         kernel_impl: str = "auto",
+        activation_checkpointing: str | None = None,
         **options,
     ):
         super().__init__()
@@ -139,6 +147,9 @@ class QuietStar(nn.Module):
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         if kernel_impl not in KERNEL_IMPLS:
             raise ValueError(f"kernel_impl must be one of {KERNEL_IMPLS}, got {kernel_impl!r}")
+        if activation_checkpointing not in CHECKPOINTING_MODES:
+            raise ValueError(f"activation_checkpointing must be one of {CHECKPOINTING_MODES}, "
+                             f"got {activation_checkpointing!r}")
         if tokenizer is not None:
             start_token_id, end_token_id, init_token_id, pad_token_id = _ids_from_tokenizer(
                 tokenizer, start_token_id, end_token_id, init_token_id, pad_token_id)
@@ -154,6 +165,7 @@ class QuietStar(nn.Module):
         self.model = apply_quietstar_kernels(model)
         self.impl = impl
         self.kernel_impl = kernel_impl
+        self.activation_checkpointing = activation_checkpointing
         self.start_token_id, self.end_token_id = start_token_id, end_token_id
         if pad_token_id is None:
             pad_token_id = model.config.pad_token_id
@@ -203,7 +215,9 @@ class QuietStar(nn.Module):
 
         input_ids, attention_mask = self._check_inputs(input_ids, attention_mask, gumbel_noise)
         run = fast_forward if self.impl == "fast" else reference_forward
-        return run(self, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states)
+        cache = new_cache()
+        with checkpointed_layers(self.model, self.model.get_decoder(), cache, self.activation_checkpointing):
+            return run(self, cache, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states)
 
     def generate(self, input_ids: torch.Tensor, *, max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, eos_token_id: int | None = None,
@@ -222,10 +236,6 @@ class QuietStar(nn.Module):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             shape = getattr(input_ids, "shape", input_ids)
             raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {shape}")
-        if self.model.training and any(getattr(m, "gradient_checkpointing", False) for m in self.model.modules()):
-            raise ValueError("the model has gradient (activation) checkpointing on: in training mode transformers "
-                             "then drops the KV cache that every thought step attends to; turn it off "
-                             "(model.gradient_checkpointing_disable())")
         batch, seq_len = input_ids.shape
         max_positions = getattr(self.model.config, "max_position_embeddings", None)
         last_position = seq_len - 1 + self.config.num_steps - 1

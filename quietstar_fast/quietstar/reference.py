@@ -11,10 +11,10 @@ import torch
 
 from ..loss import mixed_cross_entropy, sample_thought_tokens
 from ..mask import official_step_mask
-from .steps import base_for_talk_step, cache_kwarg, make_rows, meta_embedding, new_cache, teacher_forced_ids
+from .steps import base_for_talk_step, cache_kwarg, make_rows, meta_embedding, teacher_forced_ids
 
 
-def reference_forward(qs, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states):
+def reference_forward(qs, cache, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states):
     from .module import QuietStarOutput
 
     cfg = qs.config
@@ -24,7 +24,7 @@ def reference_forward(qs, input_ids, attention_mask, gumbel_noise, generator, ou
     decoder = qs.model.get_decoder()
     embed = qs.model.get_input_embeddings()
     weight = qs.model.get_output_embeddings().weight
-    cache, cache_name = new_cache(), cache_kwarg(decoder)
+    cache_name = cache_kwarg(decoder)
     positions = torch.arange(seq_len, device=ids.device)[None]
 
     def mixed_logits_nll(h_base, h_thought, mix_weight, targets):

@@ -44,10 +44,11 @@ def base_for_talk_step(base_hidden: torch.Tensor, talk_step: int) -> torch.Tenso
 
 
 def new_cache():
-    """A KV cache that keeps every step (no sliding-window cropping): the thought mask needs all stream keys."""
-    from transformers import DynamicCache
+    """A KV cache that keeps every step (no sliding-window cropping: the thought mask needs all stream keys) and can
+    replay a checkpointed layer's update (``checkpointing.py``)."""
+    from .checkpointing import step_cache_class
 
-    return DynamicCache()
+    return step_cache_class()()
 
 
 def cache_kwarg(decoder) -> str:
