@@ -7,7 +7,7 @@ import torch
 transformers = pytest.importorskip("transformers", reason="the HF integration tests need transformers")
 
 from test_quietstar import (  # noqa: E402
-    FAMILIES, FIELDS, _check_against_official, _run_step, _tiny_pair, assert_fp32_step_follows_the_flash_attention_rule,
+    FAMILIES, FIELDS, _check_against_official, _run_step, _tiny_pair, assert_step_follows_the_flash_attention_rule,
 )
 
 from quietstar_fast import QuietStar  # noqa: E402
@@ -86,9 +86,9 @@ def test_checkpointed_step_keeps_fewer_activations():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_checkpointed_fast_step_in_float32_follows_the_flash_attention_rule(family):
     """fp32: the checkpointed fast step against the fp64 reference, under the rule of the step without it."""
-    assert_fp32_step_follows_the_flash_attention_rule(
+    assert_step_follows_the_flash_attention_rule(
         family, _run_step(_model(family, "fast", torch.float32, "layer"), torch.float32),
-        _run_step(_model(family, "reference", torch.float32), torch.float32))
+        _run_step(_model(family, "reference", torch.float32), torch.float32), torch.float32)
 
 
 @pytest.mark.parametrize("impl", ["reference", "fast"])
@@ -134,3 +134,12 @@ def test_modes_that_cannot_keep_the_cache_are_refused():
     with pytest.raises(ValueError, match="use_reentrant=True"):
         model(torch.randint(1, 95, (1, 12)))
     assert all("forward" not in vars(layer) for layer in model.model.get_decoder().layers)
+
+
+def test_checkpointed_bf16_step_is_bitwise_the_step_without_it():
+    """The recompute runs the same bf16 ops on the same inputs: loss and gradients are bitwise those without it."""
+    expected, expected_grads = _run_step(_model("llama", "fast", torch.bfloat16), torch.bfloat16, True)
+    got, got_grads = _run_step(_model("llama", "fast", torch.bfloat16, "layer"), torch.bfloat16, True)
+    assert torch.equal(got.loss, expected.loss)
+    for name, grad in expected_grads.items():
+        assert torch.equal(got_grads[name], grad), name
