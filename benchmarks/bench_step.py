@@ -12,7 +12,9 @@ Models
   llama1b   a random ~1B Llama-shaped model (hidden 2048, 16 layers, GQA 32/8, vocab 32002), bf16 (GPU)
 Defaults: on CPU tiny and smollm2 at n = 64, N = 5, T = 2, P = 2, one thread; on CUDA llama1b at n = 256,
 N = 12, T = 4, P = 2, plus ``--max-len`` to search the longest n each path fits. tokens/s counts real tokens
-(B * n) per optimizer step. Results: CSV (Liger's schema) and PNG under benchmarks/results/.
+(B * n) per optimizer step. ``--memory-budget-gb`` adds the longest n whose step fits the budget: predicted by
+``estimate_step_memory`` for the fast paths, and on a GPU also searched by running steps under that memory fraction.
+Results: CSV (Liger's schema) and PNG under benchmarks/results/.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_utils  # noqa: E402
 
-from quietstar_fast import QuietStar, add_thought_tokens  # noqa: E402
+from quietstar_fast import QuietStar, add_thought_tokens, estimate_step_memory  # noqa: E402
 
 PROVIDERS = ("reference", "fast-torch", "fast", "fast-ckpt")
 # provider -> (QuietStar impl, kernel_impl, activation_checkpointing)
@@ -100,6 +102,29 @@ def longest_fitting(quiet: QuietStar, batch: int, device: torch.device, start: i
     return fits
 
 
+def predicted_longest_n(model, batch: int, checkpointing, budget_gb: float, start: int, limit: int, options,
+                        device: torch.device) -> int:
+    """The longest n (a multiple of 64, from ``start`` up to ``limit``) whose step, as ``estimate_step_memory``
+    predicts it, fits ``budget_gb``: the weights plus the step's peak (no optimizer state: this benchmark's step)."""
+    def fits(n):
+        memory = estimate_step_memory(model.config, batch, n, dtype=next(model.parameters()).dtype,
+                                      checkpointing=checkpointing, optimizer="sgd", device=device.type, **options)
+        return memory.total <= budget_gb * 1e9
+
+    if not fits(start):
+        return 0
+    low, high = start, start
+    while high < limit and fits(min(2 * high, limit)):
+        low = high = min(2 * high, limit)
+    if high < limit:
+        high = min(2 * high, limit)
+    while True:  # the largest fitting multiple of 64 between low (fits) and high (does not)
+        middle = (low + high) // 2 // 64 * 64
+        if middle <= low:
+            return low
+        low, high = (middle, high) if fits(middle) else (low, middle)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     bench_utils.add_common_args(parser, PROVIDERS, repeats=3)
@@ -110,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-ahead-talk", type=int, default=None)
     parser.add_argument("--n-passes", type=int, default=2)
     parser.add_argument("--max-len", type=int, default=0, help="GPU: search the longest n up to this (0 = skip)")
+    parser.add_argument("--memory-budget-gb", type=float, default=0.0,
+                        help="the longest n whose step fits this budget: predicted by estimate_step_memory for the "
+                             "fast paths (up to --max-len, default 16384), and on a GPU searched by running steps "
+                             "under torch.cuda.set_per_process_memory_fraction")
     args = parser.parse_args(argv)
     args.modes = ["fwd_bwd"]
 
@@ -143,10 +172,21 @@ def main(argv: list[str] | None = None) -> int:
                           config=config, device_name=device_name, library_version=version)
             rows += bench_utils.time_and_memory_rows(timing, peak, **common)
             rows.append(bench_utils.csv_row(metric="tokens_per_s", unit="tokens/s", values=tokens_per_s, **common))
+            if on_gpu and args.memory_budget_gb:
+                total = torch.cuda.get_device_properties(device).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_budget_gb * 1e9 / total), device)
             longest = longest_fitting(quiet, batch, device, seq_len, args.max_len) if on_gpu and args.max_len else 0
             if longest:
                 rows.append(bench_utils.csv_row(metric="max_seq_len", unit="tokens", values=(longest,) * 3,
                                                 **common))
+            if args.memory_budget_gb and impl == "fast":
+                options = dict(n_ahead=n_ahead, n_ahead_talk=n_talk, n_passes=args.n_passes)
+                predicted = predicted_longest_n(quiet.model, batch, checkpointing, args.memory_budget_gb, seq_len,
+                                                args.max_len or 16384, options, device)
+                budget_common = dict(common, config=f"{config}, budget={args.memory_budget_gb} GB")
+                rows.append(bench_utils.csv_row(metric="max_seq_len_predicted", unit="tokens",
+                                                values=(predicted,) * 3, **budget_common))
+                print(f"{provider} {config}: longest n within {args.memory_budget_gb} GB, predicted: {predicted}")
             table.append((f"{name} n={seq_len}", provider, timing[0], tokens_per_s[0], peak, longest))
             bench_utils.write_csv(rows, csv_path)
 

