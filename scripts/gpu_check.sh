@@ -27,7 +27,7 @@ case "$PROFILE" in
   # name:budget_seconds; the quick budgets add up to 360 s. Measured on the H200 (2026-11-30, cold caches): build
   # 78 s, smoke ~100 s (mostly Triton compiling), attention ~45 s for n=256 alone, loss ~85 s for both modes.
   quick) STEPS="versions:15 wheels:10 build:110 smoke:105 bench_attention:60 bench_loss:60" ;;
-  full) STEPS="versions:15 wheels:15 build:150 tests:420 sanitizer:300 bench_attention:240 bench_loss:240 bench_step:300 fuzz:420" ;;
+  full) STEPS="versions:15 wheels:15 build:150 tests:420 sanitizer:300 bench_attention:240 bench_loss:240 bench_step:300 big_step:300 fuzz:420" ;;
   *) echo "PROFILE must be quick or full, got '$PROFILE'" >&2; exit 2 ;;
 esac
 SELECTED=" ${STAGES:-$(for s in $STEPS; do printf '%s ' "${s%%:*}"; done)} "
@@ -123,6 +123,12 @@ sanitizer() {
 
 bench_step() {
   $PY benchmarks/bench_step.py --max-len "${STEP_MAX_LEN:-4096}" --out "$WORK"
+}
+
+big_step() {
+  # The 7B target: Mistral-7B-shaped bf16 model, LoRA r=16, layer checkpointing, B=8 n=256 N=12 T=4 P=2, AdamW,
+  # within 80 GB (memory fraction), next to estimate_step_memory's prediction.
+  $PY benchmarks/bench_big_step.py --out "$WORK"
 }
 
 fuzz() {

@@ -69,3 +69,21 @@ def test_bad_arguments_are_refused():
         _estimate(device="tpu")
     with pytest.raises(ValueError, match="checkpointing"):
         _estimate(checkpointing="step")
+
+
+def test_the_big_step_benchmark_runs_and_records_the_prediction(tmp_path):
+    """The GPU check's 7B stage (benchmarks/bench_big_step.py) on its tiny shape on CPU: it trains (LoRA,
+    checkpointing, AdamW) and writes the measured and predicted rows."""
+    pytest.importorskip("peft")
+    import csv
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bench_big_step
+
+    assert bench_big_step.main(["--shape", "tiny", "--device", "cpu", "--batch", "1", "--seq-len", "32",
+                                "--n-ahead", "4", "--n-ahead-talk", "2", "--out", str(tmp_path)]) == 0
+    rows = {row["metric_name"]: row for row in csv.DictReader(open(tmp_path / "big_step_cpu.csv"))}
+    assert set(rows) == {"time", "tokens_per_s", "peak_memory_allocated", "peak_memory_predicted"}
+    assert float(rows["peak_memory_predicted"]["y_value_50"]) > 0
