@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             config = f"model={name}, batch={batch}, n={seq_len}, N={n_ahead}, T={n_talk}, P={args.n_passes}"
             impl, kernel_impl, checkpointing = _PATHS[provider]
             quiet = QuietStar(model, n_ahead=n_ahead, n_ahead_talk=n_talk, n_passes=args.n_passes, impl=impl,
-                              kernel_impl=kernel_impl, activation_checkpointing=checkpointing, **ids)
+                              kernel_impl=kernel_impl, activation_checkpointing=checkpointing, **ids).train()
             measured = bench_utils.measure(step_fn(quiet, batch, seq_len, device), device, args.repeats,
                                            f"{provider} {config}")
             if measured is None:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                      if lora else base)
             for checkpointing in (None, "layer"):
                 quiet = QuietStar(model, n_ahead=5, n_ahead_talk=2, n_passes=2, kernel_impl="torch",
-                                  activation_checkpointing=checkpointing, **ids)
+                                  activation_checkpointing=checkpointing, **ids).train()
                 for seq_len in args.seq_len:
                     measured = measured_step_peak_mb(quiet, seq_len)
                     estimate = estimate_step_memory(base.config, 1, seq_len, n_ahead=5, n_ahead_talk=2, n_passes=2,

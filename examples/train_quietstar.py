@@ -126,7 +126,7 @@ def train(args: argparse.Namespace) -> list[dict]:
     quiet = QuietStar(model, start_token_id=loaded.start_id, end_token_id=loaded.end_id,
                       init_token_id=loaded.init_id, pad_token_id=loaded.pad_id, impl=args.impl,
                       activation_checkpointing=args.activation_checkpointing,
-                      n_ahead=args.n_ahead, n_ahead_talk=args.n_ahead_talk, n_passes=args.n_passes)
+                      n_ahead=args.n_ahead, n_ahead_talk=args.n_ahead_talk, n_passes=args.n_passes).train()
     trainable = [p for p in quiet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=1e-3)
     step, history = 0, []

@@ -112,17 +112,33 @@ def test_the_hf_switch_is_honoured_and_left_as_it_was():
     assert all("forward" not in vars(layer) for layer in layers)
 
 
-def test_no_recompute_without_training_or_gradients():
-    model = _model("llama", "fast", checkpointing="layer")
-    calls = _AttentionCalls(model)
+def test_when_layers_are_recomputed():
+    """An explicit mode recomputes whenever gradients are computed, in eval mode too (from_pretrained returns a model
+    in eval mode); transformers' switch only in training mode, as transformers applies it; never under no_grad."""
     ids = torch.randint(1, 95, (1, 12))
-    model.eval()
-    model(ids).loss.backward()
-    evaluated = calls.count
-    model.train()
-    with torch.no_grad():
-        model(ids)
-    assert calls.count == 2 * evaluated
+
+    def attention_calls(model, *, train: bool, grad: bool) -> tuple[int, int]:
+        """(calls in the forward, calls in forward + backward)."""
+        calls = _AttentionCalls(model)
+        model.train(train)
+        with torch.set_grad_enabled(grad):
+            out = model(ids)
+        forward = calls.count
+        if grad:
+            out.loss.backward()
+        return forward, calls.count
+
+    explicit = _model("llama", "fast", checkpointing="layer")
+    forward, total = attention_calls(explicit, train=False, grad=True)
+    assert total == 2 * forward
+    forward, total = attention_calls(explicit, train=True, grad=False)
+    assert total == forward
+    switched = _model("llama", "fast")
+    switched.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    forward, total = attention_calls(switched, train=False, grad=True)
+    assert total == forward
+    forward, total = attention_calls(switched, train=True, grad=True)
+    assert total == 2 * forward
 
 
 def test_modes_that_cannot_keep_the_cache_are_refused():

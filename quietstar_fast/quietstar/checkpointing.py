@@ -146,9 +146,10 @@ class _CheckpointedForward:
 @contextmanager
 def checkpointed_layers(model: nn.Module, decoder: nn.Module, cache, mode: str | None) -> Iterator[None]:
     """Within the block, ``decoder``'s layers run checkpointed as ``mode`` (or transformers' switch) says, over
-    ``cache`` (a ``ThoughtStepCache``); transformers' own checkpointing is paused. Does nothing when nothing asks
-    for checkpointing or the model is not training."""
-    functions = checkpoint_functions(decoder, mode) if model.training else []
+    ``cache`` (a ``ThoughtStepCache``); transformers' own checkpointing is paused. Layers run as usual without
+    gradients; transformers' switch applies in training mode only (its own rule), an explicit mode whenever
+    gradients are computed (a model loaded with ``from_pretrained`` is in eval mode)."""
+    functions = checkpoint_functions(decoder, mode) if mode is not None or model.training else []
     wrapped = [(layer, function) for layer, function in zip(decoder.layers, functions) if function is not None]
     if not wrapped:
         yield

@@ -148,8 +148,9 @@ class QuietStar(nn.Module):
         activation_checkpointing: "layer" recomputes each decoder layer of each step in the backward instead of
             keeping its activations (``docs/checkpointing.md``); None (default) follows transformers' switch
             (``model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})``), with
-            its ``every_n_layers`` and ``offload``. Either way the KV cache keeps its thought-loop semantics and the
-            numbers are those without checkpointing. Applies in training mode; the attribute can be switched.
+            its ``every_n_layers`` and ``offload``, in training mode as transformers applies it. Either way the KV
+            cache keeps its thought-loop semantics and the numbers are those without checkpointing. Applies only
+            when gradients are computed; the attribute can be switched.
         Other keyword arguments set ``QuietStarConfig`` fields (n_ahead=12, n_ahead_talk=4, n_passes=2, ...).
 
     The model's attention is switched to the "quietstar_thought" implementation (``apply_quietstar_kernels``),
