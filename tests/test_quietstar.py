@@ -319,7 +319,7 @@ class _HostWaits(TorchDispatchMode):
 def test_fast_step_never_makes_the_host_wait(kernel_impl, device):
     """The fast step's forward and backward (after QuietStar.forward's input checks) never read a value back from the
     device, with padding and in-step thought sampling; on a GPU CUDA's sync debug mode checks the same."""
-    from quietstar_fast.quietstar.fast import fast_forward
+    from quietstar_fast.quietstar.module import run_step
 
     _, fast = _tiny_pair("llama")
     fast.kernel_impl = kernel_impl
@@ -333,7 +333,7 @@ def test_fast_step_never_makes_the_host_wait(kernel_impl, device):
         torch.cuda.set_sync_debug_mode("error")
     try:
         with _HostWaits() as waits:
-            fast_forward(fast, ids, mask, None, generator, False).loss.backward()
+            run_step(fast, ids, mask, None, generator).loss.backward()
     finally:
         if cuda:
             torch.cuda.set_sync_debug_mode("default")
@@ -381,10 +381,6 @@ def test_bad_input_is_refused():
         reference(torch.randint(1, 95, (1, 8)), left_padded)
     with pytest.raises(ValueError, match="gumbel_noise must have shape"):
         reference(torch.randint(1, 95, (1, 8)), gumbel_noise=torch.zeros(2, 2, 8, 96))
-    model.gradient_checkpointing_enable()
-    model.train()
-    with pytest.raises(ValueError, match="checkpointing"):
-        reference(torch.randint(1, 95, (1, 8)))
 
 
 # ---- thinking generation -----------------------------------------------------------------------------------------

@@ -18,12 +18,11 @@ from ..loss.api import loss_backend
 from ..loss.checks import banned_mask
 from ..loss.function import linear_nll
 from ..loss.mixing import mix_hidden
+from .output import QuietStarOutput
 from .steps import base_for_talk_step, cache_kwarg, make_rows, meta_embedding, teacher_forced_ids
 
 
 def fast_forward(qs, cache, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states):
-    from .module import QuietStarOutput
-
     cfg = qs.config
     n_ahead, n_talk = cfg.n_ahead, cfg.n_ahead_talk
     rows_info = make_rows(input_ids, attention_mask, cfg.n_passes, qs.pad_token_id)

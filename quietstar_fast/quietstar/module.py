@@ -1,8 +1,6 @@
 """``QuietStar``: a Quiet-STaR training wrapper around an HF Llama/Mistral/Qwen2 causal LM."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -10,7 +8,9 @@ from .._platform import IMPLS as BACKEND_IMPLS
 from ..hf import apply_quietstar_kernels, check_supported_model
 from .checkpointing import CHECKPOINTING_MODES, checkpointed_layers
 from .config import QuietStarConfig
-from .objective import quietstar_objective
+from .fast import fast_forward
+from .output import QuietStarOutput
+from .reference import reference_forward
 from .steps import new_cache
 from .tokens import END_THOUGHT, INIT_TEXT, START_THOUGHT
 
@@ -18,52 +18,11 @@ IMPLS = ("fast", "reference")
 KERNEL_IMPLS = tuple(impl for impl in BACKEND_IMPLS if impl != "reference")  # the fast path's backends
 
 
-@dataclass
-class QuietStarOutput:
-    """Everything one Quiet-STaR training call computes. Shapes use B' = B * n_passes rows."""
-
-    loss: torch.Tensor
-    nll_loss: torch.Tensor
-    policy_loss: torch.Tensor
-    base_nll: torch.Tensor  # (B', n-1)
-    talk_nll: list[torch.Tensor]  # T x (B', n-k)
-    base_nll_for_reward: list[torch.Tensor]  # T x (B', n-k), detached
-    reward_raw: torch.Tensor  # (B', window)
-    reward_baselined: torch.Tensor
-    reward_clamped: torch.Tensor
-    action_logprobs: torch.Tensor  # (K, B', n)
-    policy_loss_terms: torch.Tensor  # (K,)
-    talk_weights: torch.Tensor  # (S-1, B', n, 1): mixing weight at steps 1..S-1
-    thought_tokens: torch.Tensor  # (K, B', n)
-    hidden_states: torch.Tensor | None = None  # (S, B', n, D) when requested
-
-    @classmethod
-    def from_terms(cls, config: QuietStarConfig, base_nll, talk_nll, base_nll_for_reward, logprobs, talk_weights,
-                   thought_tokens, hidden_states, output_hidden_states: bool) -> "QuietStarOutput":
-        """Combine one call's per-step terms (lists over steps) into the objective and the output."""
-        rows, seq_len = base_nll.shape[0], base_nll.shape[1] + 1
-        action_logprobs = torch.stack(logprobs) if logprobs else base_nll.new_zeros(0, rows, seq_len)
-        objective = quietstar_objective(config, base_nll, talk_nll, base_nll_for_reward, action_logprobs)
-        empty_tokens = torch.zeros(0, rows, seq_len, dtype=torch.long, device=base_nll.device)
-        return cls(
-            loss=objective.loss, nll_loss=objective.nll_loss, policy_loss=objective.policy_loss, base_nll=base_nll,
-            talk_nll=talk_nll, base_nll_for_reward=base_nll_for_reward, reward_raw=objective.reward_raw,
-            reward_baselined=objective.reward_baselined, reward_clamped=objective.reward_clamped,
-            action_logprobs=action_logprobs, policy_loss_terms=objective.policy_loss_terms,
-            talk_weights=torch.stack(talk_weights),
-            thought_tokens=torch.stack(thought_tokens) if thought_tokens else empty_tokens,
-            hidden_states=torch.stack(hidden_states) if output_hidden_states else None,
-        )
-
-
 def run_step(quiet: "QuietStar", input_ids: torch.Tensor, attention_mask: torch.Tensor,
              gumbel_noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
              output_hidden_states: bool = False) -> QuietStarOutput:
     """The training call on checked inputs (``QuietStar.forward`` checks them first; reading them would stop the
     memory estimate, which runs the step on the meta device)."""
-    from .fast import fast_forward
-    from .reference import reference_forward
-
     run = fast_forward if quiet.impl == "fast" else reference_forward
     cache = new_cache()
     with checkpointed_layers(quiet.model, quiet.model.get_decoder(), cache, quiet.activation_checkpointing):

@@ -11,12 +11,11 @@ import torch
 
 from ..loss import mixed_cross_entropy, sample_thought_tokens
 from ..mask import official_step_mask
+from .output import QuietStarOutput
 from .steps import base_for_talk_step, cache_kwarg, make_rows, meta_embedding, teacher_forced_ids
 
 
 def reference_forward(qs, cache, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states):
-    from .module import QuietStarOutput
-
     cfg = qs.config
     n_ahead = cfg.n_ahead
     rows_info = make_rows(input_ids, attention_mask, cfg.n_passes, qs.pad_token_id)

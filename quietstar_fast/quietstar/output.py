@@ -1,0 +1,48 @@
+"""``QuietStarOutput``: what one Quiet-STaR training call returns, and how its per-step terms become the objective.
+A module of its own, below the step implementations (``fast.py``, ``reference.py``) and the wrapper that calls them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import QuietStarConfig
+from .objective import quietstar_objective
+
+
+@dataclass
+class QuietStarOutput:
+    """Everything one Quiet-STaR training call computes. Shapes use B' = B * n_passes rows."""
+
+    loss: torch.Tensor
+    nll_loss: torch.Tensor
+    policy_loss: torch.Tensor
+    base_nll: torch.Tensor  # (B', n-1)
+    talk_nll: list[torch.Tensor]  # T x (B', n-k)
+    base_nll_for_reward: list[torch.Tensor]  # T x (B', n-k), detached
+    reward_raw: torch.Tensor  # (B', window)
+    reward_baselined: torch.Tensor
+    reward_clamped: torch.Tensor
+    action_logprobs: torch.Tensor  # (K, B', n)
+    policy_loss_terms: torch.Tensor  # (K,)
+    talk_weights: torch.Tensor  # (S-1, B', n, 1): mixing weight at steps 1..S-1
+    thought_tokens: torch.Tensor  # (K, B', n)
+    hidden_states: torch.Tensor | None = None  # (S, B', n, D) when requested
+
+    @classmethod
+    def from_terms(cls, config: QuietStarConfig, base_nll, talk_nll, base_nll_for_reward, logprobs, talk_weights,
+                   thought_tokens, hidden_states, output_hidden_states: bool) -> "QuietStarOutput":
+        """Combine one call's per-step terms (lists over steps) into the objective and the output."""
+        rows, seq_len = base_nll.shape[0], base_nll.shape[1] + 1
+        action_logprobs = torch.stack(logprobs) if logprobs else base_nll.new_zeros(0, rows, seq_len)
+        objective = quietstar_objective(config, base_nll, talk_nll, base_nll_for_reward, action_logprobs)
+        empty_tokens = torch.zeros(0, rows, seq_len, dtype=torch.long, device=base_nll.device)
+        return cls(
+            loss=objective.loss, nll_loss=objective.nll_loss, policy_loss=objective.policy_loss, base_nll=base_nll,
+            talk_nll=talk_nll, base_nll_for_reward=base_nll_for_reward, reward_raw=objective.reward_raw,
+            reward_baselined=objective.reward_baselined, reward_clamped=objective.reward_clamped,
+            action_logprobs=action_logprobs, policy_loss_terms=objective.policy_loss_terms,
+            talk_weights=torch.stack(talk_weights),
+            thought_tokens=torch.stack(thought_tokens) if thought_tokens else empty_tokens,
+            hidden_states=torch.stack(hidden_states) if output_hidden_states else None,
+        )
