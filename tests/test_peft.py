@@ -153,3 +153,14 @@ def test_a_peft_model_of_an_unsupported_family_is_refused():
     lora = peft.get_peft_model(transformers.GPT2LMHeadModel(config), peft.LoraConfig(r=RANK, target_modules=["c_attn"]))
     with pytest.raises(ValueError, match="gpt2"):
         _quietstar(lora)
+
+
+def test_thinking_generation_runs_on_a_lora_model():
+    """Generation reads the adapted projections: a LoRA model with non-zero B generates what the same model with the
+    adapters merged into the weights generates."""
+    lora = _lora_model()
+    prompt = torch.randint(1, 95, (2, 6), generator=torch.Generator().manual_seed(3))
+    got = _quietstar(lora).generate(prompt, max_new_tokens=4)
+    merged = _quietstar(_lora_model().merge_and_unload()).generate(prompt, max_new_tokens=4)
+    assert torch.equal(got.sequences, merged.sequences)
+    assert torch.equal(got.thoughts, merged.thoughts)
