@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_utils  # noqa: E402
 
 from quietstar_fast import QuietStar, estimate_step_memory  # noqa: E402
+from quietstar_fast.lora import add_lora  # noqa: E402
 
 SHAPES = {  # Llama-architecture shapes (Mistral 7B's dimensions; its sliding window does not bind at n = 256)
     "mistral7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
@@ -28,11 +29,9 @@ SHAPES = {  # Llama-architecture shapes (Mistral 7B's dimensions; its sliding wi
     "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
                  intermediate_size=688, vocab_size=8192),
 }
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def build(shape: str, lora_rank: int, device: torch.device, dtype: torch.dtype):
-    import peft
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=False, pad_token_id=0,
@@ -41,8 +40,7 @@ def build(shape: str, lora_rank: int, device: torch.device, dtype: torch.dtype):
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     if lora_rank:
-        model = peft.get_peft_model(model, peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                                                           target_modules=LORA_TARGETS))
+        model = add_lora(model, lora_rank)
     return config, model
 
 
@@ -93,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     measured_mb = torch.cuda.max_memory_allocated(device) / 2**20 if on_gpu else float("nan")
     predicted = estimate_step_memory(config, args.batch, args.seq_len, dtype=dtype, checkpointing=checkpointing,
-                                     lora_rank=args.lora_rank or None, lora_targets=tuple(LORA_TARGETS),
-                                     device=device.type, **sizes)
+                                     lora_rank=args.lora_rank or None, device=device.type, **sizes)
     config_text = (f"shape={args.shape}, batch={args.batch}, n={args.seq_len}, N={args.n_ahead}, "
                    f"T={args.n_ahead_talk}, P={args.n_passes}, lora_rank={args.lora_rank}, "
                    f"checkpointing={args.checkpointing}, "

@@ -112,10 +112,10 @@ def time_and_memory_rows(timing, peak: float, **common) -> list[dict]:
             csv_row(metric="peak_memory", unit="MB", values=(peak,) * 3, **common)]
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, fieldnames: list[str] = CSV_COLUMNS) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
         writer.writeheader()
         writer.writerows(rows)
 

@@ -9,13 +9,15 @@ and prints the Markdown table that ``docs/memory.md`` carries.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 import torch
 
-from quietstar_fast import estimate_step_memory
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_utils  # noqa: E402
+
+from quietstar_fast import estimate_step_memory  # noqa: E402
 
 GIB = 2**30
 GPUS_GB = (24, 40, 80, 141)
@@ -73,11 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(row, flush=True)
                     rows.append(row)
     path = args.out / "memory_table.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    bench_utils.write_csv(rows, path, fieldnames=list(rows[0]))
     print(f"wrote {path}\n")
     print("| model | n | LoRA | checkpointing | weights | optimizer | step peak | total | fits on (GB) |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -9,7 +9,6 @@ Results: ``benchmarks/results/memory_model_cpu.csv`` (predicted and measured MB 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -20,9 +19,9 @@ import bench_utils  # noqa: E402
 from bench_step import build_model  # noqa: E402
 
 from quietstar_fast import QuietStar, estimate_step_memory  # noqa: E402
+from quietstar_fast.lora import add_lora  # noqa: E402
 
 LORA_RANK = 16
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TOLERANCE = 0.15  # the bound on |predicted / measured - 1|
 
 
@@ -46,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.device, args.providers, args.threads = "cpu", [], 1
     _, _, device_name, version = bench_utils.prepare(args, set())
-    import peft
-
     rows = []
     for name in args.models:
         built = build_model(name, torch.device("cpu"))
@@ -57,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         base, ids = built
         for lora in (False, True):
             torch.manual_seed(0)
-            model = (peft.get_peft_model(base, peft.LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK,
-                                                               lora_dropout=0.0, target_modules=list(LORA_TARGETS)))
-                     if lora else base)
+            model = add_lora(base, LORA_RANK) if lora else base
             for checkpointing in (None, "layer"):
                 quiet = QuietStar(model, n_ahead=5, n_ahead_talk=2, n_passes=2, kernel_impl="torch",
                                   activation_checkpointing=checkpointing, **ids).train()
@@ -67,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                     measured = measured_step_peak_mb(quiet, seq_len)
                     estimate = estimate_step_memory(base.config, 1, seq_len, n_ahead=5, n_ahead_talk=2, n_passes=2,
                                                     dtype=torch.float32, checkpointing=checkpointing,
-                                                    lora_rank=LORA_RANK if lora else None,
-                                                    lora_targets=LORA_TARGETS, device="cpu")
+                                                    lora_rank=LORA_RANK if lora else None, device="cpu")
                     predicted = estimate.step_peak / 2**20
                     row = dict(model=name, n=seq_len, checkpointing=checkpointing or "none",
                                lora=f"r{LORA_RANK}" if lora else "none", predicted_mb=f"{predicted:.1f}",
@@ -79,11 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                           flush=True)
                     rows.append(row)
     path = args.out / "memory_model_cpu.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    bench_utils.write_csv(rows, path, fieldnames=list(rows[0]))
     print(f"wrote {path}")
     failed = [row for row in rows if not row["within_tolerance"]]
     print(f"{len(rows) - len(failed)} of {len(rows)} within {TOLERANCE:.0%}")

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from quietstar_fast import QuietStar, add_thought_tokens
+from quietstar_fast.lora import add_lora
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -75,17 +76,6 @@ def smollm2_location() -> tuple[str, str]:
     return str(Path(spec.origin).parent), "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def with_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
-    """LoRA adapters (alpha = 2 * rank) on every attention and MLP projection; the base weights are frozen."""
-    import peft
-
-    return peft.get_peft_model(model, peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                                                      target_modules=LORA_TARGETS))
-
-
 def text_windows(token_ids: list[int], batch: int, seq_len: int, pad_id: int, generator: torch.Generator):
     """(ids, attention_mask) of ``batch`` random windows, right-padded with the pad id when the text is short."""
     data = torch.tensor(token_ids, dtype=torch.long)
@@ -122,7 +112,7 @@ def train(args: argparse.Namespace) -> list[dict]:
         loaded = load_hf_model(args.model, dtype)
     model = loaded.model.to(device=device, dtype=dtype)
     if args.lora:
-        model = with_lora(model, args.lora_rank)
+        model = add_lora(model, args.lora_rank)
     quiet = QuietStar(model, start_token_id=loaded.start_id, end_token_id=loaded.end_id,
                       init_token_id=loaded.init_id, pad_token_id=loaded.pad_id, impl=args.impl,
                       activation_checkpointing=args.activation_checkpointing,

@@ -19,6 +19,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .lora import LORA_PROJECTIONS, add_lora
+from .loss import chunked
+from .quietstar import QuietStar
+from .quietstar.module import run_step
+
 OPTIMIZER_STATES = {"adamw": 2, "sgd": 0}  # states per trainable parameter, in the parameter's dtype (torch.optim)
 
 
@@ -77,8 +82,6 @@ def _mark_seen(storage) -> bool:
 @contextmanager
 def _loss_chunks_as_on(device: str):
     """The LM-head ops size their logit chunks by device type: on the meta device, size them as on ``device``."""
-    from .loss import chunked
-
     chunked._CHUNK_ELEMENTS["meta"] = chunked._CHUNK_ELEMENTS[device]
     try:
         yield
@@ -89,16 +92,10 @@ def _loss_chunks_as_on(device: str):
 def _meta_quietstar(config, dtype, checkpointing, lora_rank, lora_targets, lora_fp32, options):
     from transformers import AutoModelForCausalLM
 
-    from .quietstar import QuietStar
-
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
     if lora_rank is not None:
-        import peft
-
-        model = peft.get_peft_model(model, peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                                                           target_modules=list(lora_targets)),
-                                    autocast_adapter_dtype=lora_fp32)
+        model = add_lora(model, lora_rank, targets=lora_targets, fp32_adapters=lora_fp32)
     vocab = config.vocab_size
     return QuietStar(model, start_token_id=vocab - 2, end_token_id=vocab - 1, init_token_id=0, impl="fast",
                      kernel_impl="torch", activation_checkpointing=checkpointing, **options)
@@ -111,8 +108,7 @@ def _parameter_bytes(quiet, trainable_only: bool) -> int:
 def estimate_step_memory(config, batch: int, seq_len: int, *, n_ahead: int = 12, n_ahead_talk: int = 4,
                          n_passes: int = 2, dtype: torch.dtype = torch.bfloat16, checkpointing: str | None = None,
                          lora_rank: int | None = None,
-                         lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                          "up_proj", "down_proj"),
+                         lora_targets: tuple[str, ...] = LORA_PROJECTIONS,
                          lora_fp32: bool = True, optimizer: str = "adamw", device: str = "cuda") -> StepMemory:
     """Memory of one ``QuietStar`` training step (forward and backward) of the model ``config`` describes.
 
@@ -138,8 +134,6 @@ def estimate_step_memory(config, batch: int, seq_len: int, *, n_ahead: int = 12,
     options = dict(n_ahead=n_ahead, n_ahead_talk=n_ahead_talk, n_passes=n_passes)
     quiet = _meta_quietstar(config, dtype, checkpointing, lora_rank, lora_targets, lora_fp32, options)
     quiet.train()
-    from .quietstar.module import run_step
-
     ids = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
     with _loss_chunks_as_on(device), _LiveBytes() as tracker:
         run_step(quiet, ids, torch.ones_like(ids)).loss.backward()
