@@ -97,8 +97,9 @@ def _meta_quietstar(config, dtype, checkpointing, lora_rank, lora_targets, lora_
     if lora_rank is not None:
         model = add_lora(model, lora_rank, targets=lora_targets, fp32_adapters=lora_fp32)
     vocab = config.vocab_size
-    return QuietStar(model, start_token_id=vocab - 2, end_token_id=vocab - 1, init_token_id=0, impl="fast",
-                     kernel_impl="torch", activation_checkpointing=checkpointing, **options)
+    # The pad id only marks ignored labels (no memory effect); configs built from shapes may carry none.
+    return QuietStar(model, start_token_id=vocab - 2, end_token_id=vocab - 1, init_token_id=0, pad_token_id=0,
+                     impl="fast", kernel_impl="torch", activation_checkpointing=checkpointing, **options)
 
 
 def _parameter_bytes(quiet, trainable_only: bool) -> int:

@@ -62,6 +62,12 @@ def test_checkpointing_and_lora_lower_what_they_should():
     assert full.total == full.weights + full.optimizer_state + full.step_peak
 
 
+def test_a_config_without_pad_or_eos_ids_is_estimated():
+    config = _config()
+    config.pad_token_id = config.eos_token_id = None
+    assert estimate_step_memory(config, 1, 32, **SIZES, dtype=torch.float32, device="cpu").step_peak > 0
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="optimizer"):
         _estimate(optimizer="adam8bit")
