@@ -140,7 +140,7 @@ def estimate_step_memory(config, batch: int, seq_len: int, *, n_ahead: int = 12,
         run_step(quiet, ids, torch.ones_like(ids)).loss.backward()
     trainable = _parameter_bytes(quiet, trainable_only=True)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    positions = batch * n_passes * seq_len * quiet.config.num_steps  # every step's n positions stay cached
+    positions = batch * n_passes * seq_len * quiet.quietstar_config.num_steps  # every step's n positions stay cached
     kv_cache = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * positions * dtype.itemsize
     return StepMemory(weights=_parameter_bytes(quiet, trainable_only=False), gradients=trainable,
                       optimizer_state=OPTIMIZER_STATES[optimizer] * trainable, kv_cache=kv_cache,

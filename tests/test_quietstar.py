@@ -15,7 +15,9 @@ from backends import KERNEL_IMPLS  # noqa: E402
 from tolerance import (  # noqa: E402
     gradient_spreads, max_abs_error, relative_error, rms_norm_in_model_dtype, spread_bound,
 )
-from quietstar_fast import QuietStar, apply_quietstar_kernels, revert_quietstar_kernels  # noqa: E402
+from quietstar_fast import (  # noqa: E402
+    QuietStar, QuietStarOutput, apply_quietstar_kernels, revert_quietstar_kernels,
+)
 
 DATA = torch.load(Path(__file__).parent / "data" / "official_quietstar_tiny.pt", weights_only=True)
 SIZES = DATA["meta"]["sizes"]
@@ -67,12 +69,12 @@ def _official_step(case_name: str, impl: str, kernel_impl: str, dtype: torch.dty
 
 def _values(source) -> dict[str, torch.Tensor]:
     """Every compared value of a step, named as the test vector names them (``source``: a case or a step output)."""
-    if isinstance(source, dict):
-        get = source.__getitem__
-    else:
+    if isinstance(source, QuietStarOutput):
         def get(name):
             value = getattr(source, "loss" if name == "total_loss" else name)
             return value[:, :, :-1] if name == "action_logprobs" else value  # the vector omits the last step
+    else:
+        get = source.__getitem__
     values = {name: get(name) for name in ("hidden_states", "talk_weights", "base_nll", "action_logprobs",
                                             "reward_raw", "reward_baselined", "reward_clamped", "nll_loss",
                                             "policy_loss", "total_loss")}
@@ -280,7 +282,7 @@ def test_sample_temperature_switch_is_honoured_by_both_paths():
     noise = -torch.empty(2, 4, 12, 97, dtype=torch.float64).exponential_().log()
     default = fast(ids, gumbel_noise=noise).thought_tokens
     for model in (reference, fast):
-        model.config = dataclasses.replace(model.config, sample_temperature=0.25)
+        model.quietstar_config = dataclasses.replace(model.quietstar_config, sample_temperature=0.25)
     hot_reference, hot_fast = reference(ids, gumbel_noise=noise), fast(ids, gumbel_noise=noise)
     assert torch.equal(hot_reference.thought_tokens, hot_fast.thought_tokens)
     assert not torch.equal(hot_fast.thought_tokens, default)
@@ -388,7 +390,7 @@ def test_bad_input_is_refused():
 def _uncached_next_token(quiet: QuietStar, prefix: torch.Tensor, thought: torch.Tensor) -> torch.Tensor:
     """The greedy next token recomputed from scratch: [prefix, start, thought, end] in one causal pass."""
     embed = quiet.model.get_input_embeddings()
-    scale = quiet.config.embedding_scale
+    scale = quiet.quietstar_config.embedding_scale
     batch = prefix.shape[0]
     parts = [embed(prefix), (scale * quiet.start_embedding[0]).expand(batch, 1, -1), embed(thought),
              (scale * quiet.end_embedding[0]).expand(batch, 1, -1)]
@@ -405,7 +407,7 @@ def test_generation_with_a_kept_cache_equals_recomputing_from_scratch(family):
     _, fast = _tiny_pair(family)
     prompt = torch.randint(1, 95, (2, 7))
     out = fast.generate(prompt, max_new_tokens=4, eos_token_id=None, generator=torch.Generator().manual_seed(0))
-    assert out.sequences.shape == (2, 11) and out.thoughts.shape == (2, 4, fast.config.num_thought_tokens)
+    assert out.sequences.shape == (2, 11) and out.thoughts.shape == (2, 4, fast.quietstar_config.num_thought_tokens)
     assert torch.equal(out.sequences[:, :7], prompt)
     with torch.no_grad():
         for t in range(4):

@@ -93,7 +93,7 @@ def _tiny_quietstar():
         quiet.talk_head[0][4].weight.normal_(0, 1.0)  # non-zero rewards, so the policy gradient is exercised
     torch.manual_seed(5)
     ids = torch.randint(1, loaded.start_id, (4, 12))
-    noise = -torch.empty(quiet.config.num_thought_tokens, 4 * 2, 12, loaded.end_id + 1).exponential_().log()
+    noise = -torch.empty(quiet.quietstar_config.num_thought_tokens, 4 * 2, 12, loaded.end_id + 1).exponential_().log()
     return quiet, ids, noise
 
 

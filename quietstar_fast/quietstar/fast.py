@@ -19,13 +19,12 @@ from ..loss.checks import banned_mask
 from ..loss.function import linear_nll
 from ..loss.mixing import mix_hidden
 from .output import QuietStarOutput
-from .steps import base_for_talk_step, cache_kwarg, make_rows, meta_embedding, teacher_forced_ids
+from .steps import base_for_talk_step, cache_kwarg, meta_embedding, teacher_forced_ids
 
 
-def fast_forward(qs, cache, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states):
-    cfg = qs.config
+def fast_forward(qs, cache, rows_info, gumbel_noise, generator, output_hidden_states):
+    cfg = qs.quietstar_config
     n_ahead, n_talk = cfg.n_ahead, cfg.n_ahead_talk
-    rows_info = make_rows(input_ids, attention_mask, cfg.n_passes, qs.pad_token_id)
     ids, labels, rows, seq_len = rows_info.ids, rows_info.labels, rows_info.count, rows_info.seq_len
     decoder = qs.model.get_decoder()
     embed = qs.model.get_input_embeddings()

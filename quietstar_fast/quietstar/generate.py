@@ -34,7 +34,7 @@ def generate(qs, input_ids: torch.Tensor, *, max_new_tokens: int = 32, do_sample
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if do_sample and not temperature > 0:
         raise ValueError(f"temperature must be positive when sampling, got {temperature}")
-    cfg = qs.config
+    cfg = qs.quietstar_config
     if eos_token_id is None:
         eos_token_id = qs.model.config.eos_token_id
     decoder = qs.model.get_decoder()

@@ -1,6 +1,8 @@
 """``QuietStar``: a Quiet-STaR training wrapper around an HF Llama/Mistral/Qwen2 causal LM."""
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -11,7 +13,8 @@ from .config import QuietStarConfig
 from .fast import fast_forward
 from .output import QuietStarOutput
 from .reference import reference_forward
-from .steps import new_cache
+from .saving import load_quietstar, save_quietstar
+from .steps import make_rows, new_cache
 from .tokens import END_THOUGHT, INIT_TEXT, START_THOUGHT
 
 IMPLS = ("fast", "reference")
@@ -20,13 +23,14 @@ KERNEL_IMPLS = tuple(impl for impl in BACKEND_IMPLS if impl != "reference")  # t
 
 def run_step(quiet: "QuietStar", input_ids: torch.Tensor, attention_mask: torch.Tensor,
              gumbel_noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-             output_hidden_states: bool = False) -> QuietStarOutput:
+             output_hidden_states: bool = False, labels: torch.Tensor | None = None) -> QuietStarOutput:
     """The training call on checked inputs (``QuietStar.forward`` checks them first; reading them would stop the
     memory estimate, which runs the step on the meta device)."""
     run = fast_forward if quiet.impl == "fast" else reference_forward
+    rows = make_rows(input_ids, attention_mask, quiet.quietstar_config.n_passes, quiet.pad_token_id, labels)
     cache = new_cache()
     with checkpointed_layers(quiet.model, quiet.model.get_decoder(), cache, quiet.activation_checkpointing):
-        return run(quiet, cache, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states)
+        return run(quiet, cache, rows, gumbel_noise, generator, output_hidden_states)
 
 
 def _ids_from_tokenizer(tokenizer, start, end, init, pad):
@@ -110,7 +114,8 @@ class QuietStar(nn.Module):
             its ``every_n_layers`` and ``offload``, in training mode as transformers applies it. Either way the KV
             cache keeps its thought-loop semantics and the numbers are those without checkpointing. Applies only
             when gradients are computed; the attribute can be switched.
-        Other keyword arguments set ``QuietStarConfig`` fields (n_ahead=12, n_ahead_talk=4, n_passes=2, ...).
+        Other keyword arguments set ``QuietStarConfig`` fields (n_ahead=12, n_ahead_talk=4, n_passes=2, ...), kept as
+            ``quietstar_config``; ``config`` is the base model's HF config.
 
     The model's attention is switched to the "quietstar_thought" implementation (``apply_quietstar_kernels``),
     which falls back to SDPA for ordinary calls, so the reference path and plain use of the model are unchanged.
@@ -151,12 +156,12 @@ class QuietStar(nn.Module):
             if not 0 <= token < vocab:
                 raise ValueError(f"{name}={token} is outside the model's vocabulary of {vocab}")
         options.setdefault("sliding_window", _model_sliding_window(model.config))
-        self.config = QuietStarConfig(**options)
+        self.quietstar_config = QuietStarConfig(**options)
         self.model = apply_quietstar_kernels(model)
         self.impl = impl
         self.kernel_impl = kernel_impl
         self.activation_checkpointing = activation_checkpointing
-        self.start_token_id, self.end_token_id = start_token_id, end_token_id
+        self.start_token_id, self.end_token_id, self.init_token_id = start_token_id, end_token_id, init_token_id
         if pad_token_id is None:
             pad_token_id = model.config.pad_token_id
             if pad_token_id is None:
@@ -165,12 +170,18 @@ class QuietStar(nn.Module):
         # Row 0: the mean vector stored / embedding_scale; row 1: a log-std (used only by an option the official code
         # leaves off). The x100 reparameterisation is kept: under Adam it is a 100x learning rate (official quirk).
         embedding = model.get_input_embeddings().weight.detach()
-        scale = self.config.embedding_scale
+        scale = self.quietstar_config.embedding_scale
         init = torch.stack([embedding[init_token_id] / scale, torch.log(embedding.std(dim=0) * 1e-2 / scale)])
         self.start_embedding = nn.Parameter(init.clone())
         self.end_embedding = nn.Parameter(init.clone())
         init_std = getattr(model.config, "initializer_range", 0.02)
         self.talk_head = build_talk_head(hidden, init_std).to(device=embedding.device, dtype=embedding.dtype)
+
+    @property
+    def config(self):
+        """The base model's HF config, as on any transformers model (``Trainer`` and ``accelerate`` read and set it);
+        the Quiet-STaR settings are ``quietstar_config``."""
+        return self.model.config
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What training changes: every parameter that requires a gradient (with LoRA: the adapters, the meta
@@ -187,6 +198,23 @@ class QuietStar(nn.Module):
         with torch.no_grad():
             for name, value in state_dict.items():
                 parameters[name].copy_(value)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **save_kwargs) -> None:
+        """Save everything ``from_pretrained`` needs into ``save_directory``: the base model through its own
+        ``save_pretrained`` (``save_kwargs`` go there), ``quietstar.safetensors`` (meta embeddings and mixing head)
+        and ``quietstar_config.json`` (the ``QuietStarConfig`` and the token ids). A PEFT-wrapped model is refused:
+        merge its adapters first (``quiet.model = quiet.model.merge_and_unload()``)."""
+        save_quietstar(self, save_directory, **save_kwargs)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, impl: str = "fast", kernel_impl: str = "auto",
+                        activation_checkpointing: str | None = None, **model_kwargs) -> "QuietStar":
+        """Load a ``QuietStar`` saved by ``save_pretrained``: one line gives back the trained model, meta embeddings,
+        mixing head and settings. ``model_kwargs`` go to ``AutoModelForCausalLM.from_pretrained`` (``dtype``,
+        ``device_map``, ...); ``impl``, ``kernel_impl`` and ``activation_checkpointing`` are choices of this run,
+        not saved."""
+        return load_quietstar(cls, directory, impl=impl, kernel_impl=kernel_impl,
+                              activation_checkpointing=activation_checkpointing, **model_kwargs)
 
     def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a state dict saved by the official code: base model weights (``model.*``, ``lm_head.weight``) plus
@@ -207,6 +235,7 @@ class QuietStar(nn.Module):
         gumbel_noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         output_hidden_states: bool = False,
+        labels: torch.Tensor | None = None,
     ) -> QuietStarOutput:
         """One training call.
 
@@ -215,9 +244,12 @@ class QuietStar(nn.Module):
             attention_mask: (B, n), 1 = real token; defaults to all ones.
             gumbel_noise: (N-3, B*n_passes, n, V) noise added to the logits of thought step k, exactly as the
                 official code adds its noise; without it, noise comes from ``generator`` (torch's default if None).
+            labels: (B, n) targets, -100 = ignored; defaults to ``input_ids``. Labels equal to the pad id are
+                ignored too, as in the official code (whose collator passes a copy of ``input_ids``). The talk
+                steps' teacher-forced inputs are always the true tokens ``input_ids``.
         """
-        input_ids, attention_mask = self._check_inputs(input_ids, attention_mask, gumbel_noise)
-        return run_step(self, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states)
+        input_ids, attention_mask = self._check_inputs(input_ids, attention_mask, gumbel_noise, labels)
+        return run_step(self, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states, labels)
 
     def generate(self, input_ids: torch.Tensor, *, max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, eos_token_id: int | None = None,
@@ -232,18 +264,18 @@ class QuietStar(nn.Module):
         return generate(self, input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                         eos_token_id=eos_token_id, generator=generator)
 
-    def _check_inputs(self, input_ids, attention_mask, gumbel_noise):
+    def _check_inputs(self, input_ids, attention_mask, gumbel_noise, labels):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             shape = getattr(input_ids, "shape", input_ids)
             raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {shape}")
         batch, seq_len = input_ids.shape
         max_positions = getattr(self.model.config, "max_position_embeddings", None)
-        last_position = seq_len - 1 + self.config.num_steps - 1
+        last_position = seq_len - 1 + self.quietstar_config.num_steps - 1
         if max_positions is not None and last_position >= max_positions:
-            raise ValueError(f"seq_len {seq_len} plus {self.config.num_steps - 1} thought steps reaches position "
+            raise ValueError(f"seq_len {seq_len} plus {self.quietstar_config.num_steps - 1} thought steps reaches position "
                              f"{last_position}, beyond the model's max_position_embeddings={max_positions}")
-        if seq_len < self.config.n_ahead_talk + 2:
-            raise ValueError(f"seq_len {seq_len} is too short for n_ahead_talk={self.config.n_ahead_talk}")
+        if seq_len < self.quietstar_config.n_ahead_talk + 2:
+            raise ValueError(f"seq_len {seq_len} is too short for n_ahead_talk={self.quietstar_config.n_ahead_talk}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if tuple(attention_mask.shape) != (batch, seq_len):
@@ -251,9 +283,17 @@ class QuietStar(nn.Module):
         mask = attention_mask.bool()
         if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
             raise ValueError("attention_mask must be right-padded (ones, then zeros), as the official collator pads")
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (batch, seq_len):
+                raise ValueError(f"labels must be a {(batch, seq_len)} tensor like input_ids, got "
+                                 f"{tuple(getattr(labels, 'shape', ())) or labels!r}")
+            if labels.dtype != torch.long:
+                raise ValueError(f"labels must be int64 token ids, got {labels.dtype}")
+            if bool(((labels != -100) & ((labels < 0) | (labels >= vocab))).any()):
+                raise ValueError(f"labels must be token ids in [0, {vocab}) or -100 (ignored)")
         if gumbel_noise is not None:
-            vocab = self.model.get_output_embeddings().weight.shape[0]
-            expected = (self.config.num_thought_tokens, batch * self.config.n_passes, seq_len, vocab)
+            expected = (self.quietstar_config.num_thought_tokens, batch * self.quietstar_config.n_passes, seq_len, vocab)
             if tuple(gumbel_noise.shape) != expected:
                 raise ValueError(f"gumbel_noise must have shape {expected}, got {tuple(gumbel_noise.shape)}")
         return input_ids, attention_mask

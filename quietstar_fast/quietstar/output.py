@@ -5,28 +5,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.utils import ModelOutput
 
 from .config import QuietStarConfig
 from .objective import quietstar_objective
 
 
 @dataclass
-class QuietStarOutput:
-    """Everything one Quiet-STaR training call computes. Shapes use B' = B * n_passes rows."""
+class QuietStarOutput(ModelOutput):
+    """Everything one Quiet-STaR training call computes. Shapes use B' = B * n_passes rows.
 
-    loss: torch.Tensor
-    nll_loss: torch.Tensor
-    policy_loss: torch.Tensor
-    base_nll: torch.Tensor  # (B', n-1)
-    talk_nll: list[torch.Tensor]  # T x (B', n-k)
-    base_nll_for_reward: list[torch.Tensor]  # T x (B', n-k), detached
-    reward_raw: torch.Tensor  # (B', window)
-    reward_baselined: torch.Tensor
-    reward_clamped: torch.Tensor
-    action_logprobs: torch.Tensor  # (K, B', n)
-    policy_loss_terms: torch.Tensor  # (K,)
-    talk_weights: torch.Tensor  # (S-1, B', n, 1): mixing weight at steps 1..S-1
-    thought_tokens: torch.Tensor  # (K, B', n)
+    A transformers ``ModelOutput``: fields read as attributes or keys (``out["loss"]``, which is how ``Trainer``
+    finds the loss); every field is set by ``from_terms`` except ``hidden_states`` when not requested.
+    """
+
+    loss: torch.Tensor | None = None
+    nll_loss: torch.Tensor | None = None
+    policy_loss: torch.Tensor | None = None
+    base_nll: torch.Tensor | None = None  # (B', n-1)
+    talk_nll: list[torch.Tensor] | None = None  # T x (B', n-k)
+    base_nll_for_reward: list[torch.Tensor] | None = None  # T x (B', n-k), detached
+    reward_raw: torch.Tensor | None = None  # (B', window)
+    reward_baselined: torch.Tensor | None = None
+    reward_clamped: torch.Tensor | None = None
+    action_logprobs: torch.Tensor | None = None  # (K, B', n)
+    policy_loss_terms: torch.Tensor | None = None  # (K,)
+    talk_weights: torch.Tensor | None = None  # (S-1, B', n, 1): mixing weight at steps 1..S-1
+    thought_tokens: torch.Tensor | None = None  # (K, B', n)
     hidden_states: torch.Tensor | None = None  # (S, B', n, D) when requested
 
     @classmethod

@@ -24,11 +24,15 @@ class Rows:
         return self.ids.shape[1]
 
 
-def make_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_passes: int, pad_token_id: int) -> Rows:
-    """``repeat_interleave`` keeps the P copies of an example next to each other: row = b * P + p."""
+def make_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_passes: int, pad_token_id: int,
+              labels: torch.Tensor | None = None) -> Rows:
+    """``repeat_interleave`` keeps the P copies of an example next to each other: row = b * P + p. The labels are
+    ``input_ids`` unless given; either way those equal to the pad id become -100, as the official model does to the
+    labels its collator passes (a copy of ``input_ids``)."""
     ids = input_ids.repeat_interleave(n_passes, dim=0)
+    labels = ids if labels is None else labels.repeat_interleave(n_passes, dim=0)
     return Rows(ids, attention_mask.repeat_interleave(n_passes, dim=0).bool(),
-                ids.masked_fill(ids == pad_token_id, -100))
+                labels.masked_fill(labels == pad_token_id, -100))
 
 
 def teacher_forced_ids(ids: torch.Tensor, shift: int, pad_token_id: int) -> torch.Tensor:

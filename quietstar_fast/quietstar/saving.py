@@ -1,0 +1,69 @@
+"""Saving and loading a ``QuietStar`` in one directory: the base model as transformers saves it (config, weights with
+the grown vocabulary, generation config), the Quiet-STaR parameters (meta embeddings, mixing head) in
+``quietstar.safetensors`` and the Quiet-STaR settings (``QuietStarConfig`` and the token ids) in
+``quietstar_config.json``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import QuietStarConfig
+
+WEIGHTS_NAME = "quietstar.safetensors"
+CONFIG_NAME = "quietstar_config.json"
+OWN_PREFIXES = ("start_embedding", "end_embedding", "talk_head.")
+TOKEN_ID_FIELDS = ("start_token_id", "end_token_id", "init_token_id", "pad_token_id")
+
+
+def own_state_dict(quiet: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters Quiet-STaR adds to the base model, under the official code's names."""
+    return {name: p.detach().contiguous() for name, p in quiet.named_parameters() if name.startswith(OWN_PREFIXES)}
+
+
+def save_quietstar(quiet, directory: str | os.PathLike, **save_kwargs) -> None:
+    if hasattr(quiet.model, "peft_config"):
+        raise ValueError("save_pretrained of a PEFT-wrapped model would save the adapters without the grown "
+                         "vocabulary rows of the thought delimiters; merge the adapters first "
+                         "(quiet.model = quiet.model.merge_and_unload()), or keep quiet.trainable_state_dict() "
+                         "next to the base model")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    quiet.model.save_pretrained(directory, **save_kwargs)
+    save_file(own_state_dict(quiet), directory / WEIGHTS_NAME, metadata={"format": "pt"})
+    settings = {"quietstar": dataclasses.asdict(quiet.quietstar_config),
+                **{field: getattr(quiet, field) for field in TOKEN_ID_FIELDS}}
+    (directory / CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def load_quietstar(cls, directory: str | os.PathLike, *, impl: str, kernel_impl: str,
+                   activation_checkpointing: str | None, **model_kwargs):
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(directory)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory} holds no {name}: it was not written by QuietStar.save_pretrained")
+    settings = json.loads((directory / CONFIG_NAME).read_text())
+    model = AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)
+    known = {field.name for field in dataclasses.fields(QuietStarConfig)}
+    unknown = set(settings["quietstar"]) - known
+    if unknown:
+        raise ValueError(f"{directory / CONFIG_NAME} has settings this version does not know: {sorted(unknown)}")
+    quiet = cls(model, impl=impl, kernel_impl=kernel_impl, activation_checkpointing=activation_checkpointing,
+                **{field: settings[field] for field in TOKEN_ID_FIELDS}, **settings["quietstar"])
+    saved = load_file(directory / WEIGHTS_NAME, device=str(quiet.start_embedding.device))
+    expected = own_state_dict(quiet)
+    if set(saved) != set(expected):
+        raise ValueError(f"{directory / WEIGHTS_NAME} does not match: missing {sorted(set(expected) - set(saved))}, "
+                         f"unexpected {sorted(set(saved) - set(expected))}")
+    parameters = dict(quiet.named_parameters())
+    with torch.no_grad():
+        for name, value in saved.items():
+            parameters[name].copy_(value)
+    return quiet
