@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from torch import nn
 
-# Every attention and MLP projection of the supported families (never the embeddings: QuietStar refuses those).
-LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Every attention and MLP projection of the supported families, Phi-3's fused ones included (PEFT skips names a model
+# lacks); never the embeddings: QuietStar refuses those.
+LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj",
+                    "gate_up_proj")
 
 
 def add_lora(model: nn.Module, rank: int, *, targets: tuple[str, ...] = LORA_PROJECTIONS,

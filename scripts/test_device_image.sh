@@ -16,7 +16,8 @@ QUIETSTAR_BUILD_CUDA=0 .venv-device/bin/python -m pip install --quiet --disable-
 status=0
 .venv-device/bin/python -m pytest -q -p no:cacheprovider -k "not cuda" \
   tests/test_attention_backends.py tests/test_loss_backends.py tests/test_mask.py \
-  tests/test_loss_official_vector.py tests/test_quietstar.py tests/test_aot_compile.py tests/test_sdpa_backend.py \
+  tests/test_loss_official_vector.py tests/test_quietstar.py tests/test_model_families.py tests/test_aot_compile.py \
+  tests/test_sdpa_backend.py \
   || status=$?
 [ "$status" -eq 5 ] && echo "error: pytest collected no tests" >&2
 exit "$status"

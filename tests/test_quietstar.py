@@ -162,8 +162,23 @@ def test_meta_embedding_init_matches_the_official_lazy_init():
 
 FAMILIES = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+    # Llama 3.x's rope scaling, with an original context short enough that the tiny sequences reach its ramp.
+    "llama3": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {"rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}}),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": 7}),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
+    # q/k norms; layer 1 a sliding-window layer, layer 0 full: per-layer windows in one cache.
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {
+        "head_dim": 8, "use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}),
+    # Scaled embeddings, (1 + w) norms, query_pre_attn_scalar's softmax scale, a sliding and a full layer.
+    "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, {
+        "head_dim": 8, "query_pre_attn_scalar": 12, "sliding_window": 6,
+        "layer_types": ["sliding_attention", "full_attention"]}),
+    # Fused qkv and gate/up projections, partial rotary embedding.
+    "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, {"partial_rotary_factor": 0.5}),
+    # q/k norms over the whole projection.
+    "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM, {}),
 }
 
 

@@ -116,7 +116,9 @@ def gradient_spreads(fp32: dict[str, torch.Tensor], fp64: dict[str, torch.Tensor
 
 def _rms_norm_in_input_dtype(self, hidden_states: torch.Tensor) -> torch.Tensor:
     variance = hidden_states.pow(2).mean(-1, keepdim=True)
-    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+    if hasattr(self, "variance_epsilon"):  # Llama-style: weight * x_hat
+        return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+    return (1.0 + self.weight) * (hidden_states * torch.rsqrt(variance + self.eps))  # Gemma: (1 + weight) * x_hat
 
 
 @contextlib.contextmanager

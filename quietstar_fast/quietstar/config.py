@@ -20,7 +20,6 @@ class QuietStarConfig:
         remove_negative_rewards: clamp the baselined reward at 0 (official: True).
         sample_temperature: None samples thoughts at temperature 1, as the official code does whatever its Gumbel
             tau (its hard Gumbel-softmax ignores tau); a number samples from softmax(z / sample_temperature), a fix.
-        sliding_window: the model's attention window W for the mask (None = none).
     """
 
     n_ahead: int = 12
@@ -33,7 +32,6 @@ class QuietStarConfig:
     reward_window_off_by_one: bool = True
     remove_negative_rewards: bool = True
     sample_temperature: float | None = None
-    sliding_window: int | None = None
 
     def __post_init__(self):
         if self.n_ahead < 3:

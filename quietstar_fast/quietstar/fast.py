@@ -36,7 +36,7 @@ def fast_forward(qs, cache, rows_info, gumbel_noise, generator, output_hidden_st
     passes = cfg.n_passes
 
     def call_kwargs(padding):
-        return thought_call_kwargs(ThoughtLayout(seq_len, padding, cfg.sliding_window, qs.kernel_impl))
+        return thought_call_kwargs(ThoughtLayout(seq_len, padding, qs.kernel_impl))
 
     thought_call = call_kwargs(rows_info.padding)
     cache_name = cache_kwarg(decoder)

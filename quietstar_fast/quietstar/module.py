@@ -1,4 +1,4 @@
-"""``QuietStar``: a Quiet-STaR training wrapper around an HF Llama/Mistral/Qwen2 causal LM."""
+"""``QuietStar``: a Quiet-STaR training wrapper around an HF causal LM."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from .._platform import IMPLS as BACKEND_IMPLS
-from ..hf import apply_quietstar_kernels, check_supported_model
+from ..hf import apply_quietstar_kernels
+from ..model_support import check_supported_model
 from .checkpointing import CHECKPOINTING_MODES, checkpointed_layers
 from .config import QuietStarConfig
 from .fast import fast_forward
@@ -49,13 +50,6 @@ def _ids_from_tokenizer(tokenizer, start, end, init, pad):
     return start, end, init, pad
 
 
-def _model_sliding_window(config) -> int | None:
-    """The attention window the model applies (Qwen2 configs carry one that ``use_sliding_window`` switches off)."""
-    if getattr(config, "use_sliding_window", True) is False:
-        return None
-    return getattr(config, "sliding_window", None)
-
-
 def _refuse_embedding_adapters(model: nn.Module) -> None:
     """The meta embeddings' initialisation and the fused LM-head ops read the embedding weights directly, so an adapter
     (LoRA) or a PEFT copy (``modules_to_save``) on them would be silently ignored."""
@@ -90,7 +84,9 @@ class QuietStar(nn.Module):
     """Quiet-STaR (Zelikman et al. 2024) around an HF causal LM, as the official code trains it.
 
     Args:
-        model: an HF ``LlamaForCausalLM`` / ``MistralForCausalLM`` / ``Qwen2ForCausalLM`` whose vocabulary already
+        model: an HF causal LM (Llama 2/3.x, Mistral, Qwen2/2.5/3, Gemma 3, Phi-3, OLMo 2, or any model the checks of
+            ``model_support.py`` accept: attention through the attention interface, a standard KV cache, RoPE from
+            ``position_ids``, no logit soft-capping) whose vocabulary already
             holds the two meta tokens (``start_token_id``, ``end_token_id``); see ``add_thought_tokens``. It may be a
             PEFT model (``peft.get_peft_model``, or LoRA layers injected): the trainable set is then the adapters plus
             the meta embeddings and the mixing head, and the frozen LM head takes the fused ops' path that computes
@@ -155,7 +151,6 @@ class QuietStar(nn.Module):
                 raise ValueError(f"{name} is required (or pass tokenizer= to look it up)")
             if not 0 <= token < vocab:
                 raise ValueError(f"{name}={token} is outside the model's vocabulary of {vocab}")
-        options.setdefault("sliding_window", _model_sliding_window(model.config))
         self.quietstar_config = QuietStarConfig(**options)
         self.model = apply_quietstar_kernels(model)
         self.impl = impl
@@ -169,9 +164,12 @@ class QuietStar(nn.Module):
         self.pad_token_id = pad_token_id
         # Row 0: the mean vector stored / embedding_scale; row 1: a log-std (used only by an option the official code
         # leaves off). The x100 reparameterisation is kept: under Adam it is a 100x learning rate (official quirk).
-        embedding = model.get_input_embeddings().weight.detach()
+        # The init token's embedding is taken as the model feeds it (Gemma's embedding module scales by sqrt(D)).
+        embed = model.get_input_embeddings()
+        embedding = embed.weight.detach()
         scale = self.quietstar_config.embedding_scale
-        init = torch.stack([embedding[init_token_id] / scale, torch.log(embedding.std(dim=0) * 1e-2 / scale)])
+        init_vector = embed(torch.tensor([init_token_id], device=embedding.device))[0].detach()
+        init = torch.stack([init_vector / scale, torch.log(embedding.std(dim=0) * 1e-2 / scale)])
         self.start_embedding = nn.Parameter(init.clone())
         self.end_embedding = nn.Parameter(init.clone())
         init_std = getattr(model.config, "initializer_range", 0.02)

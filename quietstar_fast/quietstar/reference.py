@@ -11,6 +11,7 @@ import torch
 
 from ..loss import mixed_cross_entropy, sample_thought_tokens
 from ..mask import official_step_mask
+from ..model_support import layer_type_windows
 from .output import QuietStarOutput
 from .steps import base_for_talk_step, cache_kwarg, meta_embedding, teacher_forced_ids
 
@@ -31,13 +32,19 @@ def reference_forward(qs, cache, rows_info, gumbel_noise, generator, output_hidd
                                    h_thought=h_thought.reshape(-1, dim), mix_weight=mix_weight.reshape(-1),
                                    impl="reference").view(rows, -1)
 
+    windows = layer_type_windows(qs.model.config)
+
+    def step_mask(step):
+        """The official dense mask of ``step``; a model with full and sliding layers takes one per layer type."""
+        masks = {layer_type: official_step_mask(seq_len, step, rows_info.padding, window, dtype=inputs.dtype,
+                                                device=ids.device) for layer_type, window in windows.items()}
+        return masks if len(masks) > 1 else next(iter(masks.values()))
+
     inputs = embed(ids)
     hidden_states, talk_weights, thought_tokens, logprobs = [], [], [], []
     talk_nll, base_nll_for_reward = [], []
     for step in range(cfg.num_steps):
-        mask = official_step_mask(seq_len, step, rows_info.padding, cfg.sliding_window, dtype=inputs.dtype,
-                                  device=ids.device)
-        hidden = decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=positions + step,
+        hidden = decoder(inputs_embeds=inputs, attention_mask=step_mask(step), position_ids=positions + step,
                          use_cache=True, **{cache_name: cache}).last_hidden_state
         hidden_states.append(hidden)
         if step == 0:
