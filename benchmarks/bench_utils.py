@@ -94,6 +94,26 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     return max(0, _proc_status_bytes("VmHWM") - before) / 2**20
 
 
+def time_and_peak_once(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(ms, peak MB beyond what was live before) of one call of ``fn``, for runs too long to repeat; warm up first."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        before = _proc_status_bytes("VmRSS")
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed_ms = (time.perf_counter() - start) * 1e3
+    if device.type == "cuda":
+        return elapsed_ms, (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return elapsed_ms, max(0, _proc_status_bytes("VmHWM") - before) / 2**20
+
+
 def csv_row(kernel: str, provider: str, mode: str, metric: str, unit: str, x_name: str, x_value, values,
             config: str, device_name: str, library_version: str) -> dict:
     p50, p20, p80 = values

@@ -27,7 +27,7 @@ case "$PROFILE" in
   # name:budget_seconds; the quick budgets add up to 360 s. Measured on the H200 (2026-11-30, cold caches): build
   # 78 s, smoke ~100 s (mostly Triton compiling), attention ~45 s for n=256 alone, loss ~85 s for both modes.
   quick) STEPS="versions:15 wheels:10 build:110 smoke:105 bench_attention:60 bench_loss:60" ;;
-  full) STEPS="versions:15 wheels:15 build:150 tests:420 sanitizer:300 bench_attention:240 bench_loss:240 bench_step:300 big_step:300 fuzz:420" ;;
+  full) STEPS="versions:15 wheels:15 build:150 tests:420 sanitizer:300 bench_attention:240 bench_loss:240 bench_step:300 big_step:300 bench_generate:180 fuzz:420" ;;
   *) echo "PROFILE must be quick or full, got '$PROFILE'" >&2; exit 2 ;;
 esac
 SELECTED=" ${STAGES:-$(for s in $STEPS; do printf '%s ' "${s%%:*}"; done)} "
@@ -131,11 +131,16 @@ big_step() {
   $PY benchmarks/bench_big_step.py --out "$WORK"
 }
 
+bench_generate() {
+  # Thinking generation with the kept cache against the official per-token recompute (llama1b, B = 1 and 8).
+  $PY benchmarks/bench_generate.py --out "$WORK"
+}
+
 fuzz() {
   QUIETSTAR_FUZZ_PROFILE=long $PY -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 }
 
-export -f versions wheels build smoke bench_attention bench_loss tests sanitizer bench_step fuzz
+export -f versions wheels build smoke bench_attention bench_loss tests sanitizer bench_step big_step bench_generate fuzz
 
 # ---- the runner --------------------------------------------------------------------------------------------------
 
@@ -152,14 +157,16 @@ if [ "$DRY_RUN" = 1 ]; then
     name=${entry%%:*} budget_var=BUDGET_${entry%%:*}
     budget=${!budget_var:-${entry##*:}}
     [[ "$SELECTED" == *" $name "* ]] || continue
-    declare -F "$name" > /dev/null || { echo "step $name has no function" >&2; exit 1; }
+    # Each step runs in `bash -c`: its function must be exported, not only defined.
+    bash -c "declare -F $name" > /dev/null || { echo "step $name has no exported function" >&2; exit 1; }
     printf '  %-16s %4d s\n' "$name" "$budget"
     total=$(( total + budget ))
   done
   echo "  total            $total s"
   # The Python entry points the steps call must at least parse their arguments here.
   for script in scripts/gpu_smoke.py benchmarks/bench_attention.py benchmarks/bench_loss.py \
-                benchmarks/bench_step.py scripts/sanitizer_cases.py; do
+                benchmarks/bench_step.py benchmarks/bench_big_step.py benchmarks/bench_generate.py \
+                scripts/sanitizer_cases.py; do
     $PY "$script" --help > /dev/null || { echo "$script --help failed" >&2; exit 1; }
   done
   exit 0

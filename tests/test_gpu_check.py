@@ -35,7 +35,7 @@ def test_quick_profile_fits_six_minutes():
 
 def test_full_profile_runs_the_rest():
     steps = dict(_dry_run("full"))
-    assert {"tests", "sanitizer", "bench_step", "big_step", "fuzz"} <= set(steps)
+    assert {"tests", "sanitizer", "bench_step", "big_step", "bench_generate", "fuzz"} <= set(steps)
 
 
 def test_smoke_writes_a_passing_row_per_output(tmp_path):

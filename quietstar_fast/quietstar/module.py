@@ -249,18 +249,28 @@ class QuietStar(nn.Module):
         input_ids, attention_mask = self._check_inputs(input_ids, attention_mask, gumbel_noise, labels)
         return run_step(self, input_ids, attention_mask, gumbel_noise, generator, output_hidden_states, labels)
 
-    def generate(self, input_ids: torch.Tensor, *, max_new_tokens: int = 32, do_sample: bool = False,
-                 temperature: float = 1.0, eos_token_id: int | None = None,
-                 generator: torch.Generator | None = None):
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 eos_token_id: int | None = None, generator: torch.Generator | None = None, streamer=None):
         """Thinking generation: before each new token, a thought (start, N-3 sampled tokens, end) on top of a KV
-        cache kept across tokens, and the mixed prediction. ``input_ids``: (B, L) prompts of equal length (no
-        padding). Stops after ``max_new_tokens`` or when every row has emitted ``eos_token_id`` (default: the
-        model's). Never emits the thought delimiters. Returns ``GenerateOutput(sequences (B, L + new), thoughts
+        cache kept across tokens, and the mixed prediction.
+
+        Args:
+            input_ids: (B, L) prompts, left-padded when their lengths differ.
+            attention_mask: (B, L), 1 = real token, zeros only on the left; defaults to all ones.
+            do_sample, temperature, top_p: greedy (default), or sampling from softmax(logits / temperature) within
+                the top-p nucleus. The thoughts are always sampled, as in training (``QuietStarConfig``).
+            eos_token_id: stop when every row has emitted it (default: the model's); finished rows repeat it.
+            streamer: a transformers ``TextStreamer``-like object: ``put`` gets the prompts, then each new token
+                (B,), and ``end`` is called at the end.
+
+        Never emits the thought delimiters. Returns ``GenerateOutput(sequences (B, L + new), thoughts
         (B, new, N-3))``."""
         from .generate import generate
 
-        return generate(self, input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                        eos_token_id=eos_token_id, generator=generator)
+        return generate(self, input_ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                        temperature=temperature, top_p=top_p, eos_token_id=eos_token_id, generator=generator,
+                        streamer=streamer)
 
     def _check_inputs(self, input_ids, attention_mask, gumbel_noise, labels):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
