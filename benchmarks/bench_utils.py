@@ -94,6 +94,23 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     return max(0, _proc_status_bytes("VmHWM") - before) / 2**20
 
 
+def cpu_allocator_peak_mb(fn: Callable[[], object]) -> float:
+    """Peak MB that PyTorch's CPU allocator hands out during ``fn()`` beyond what was live before it: the profiler's
+    allocation and free events summed in time order. This counts what ``torch.cuda.max_memory_allocated`` counts on
+    a GPU; the resident set instead counts touched pages (an allocation not yet written is not resident)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((event.start_ns(), event.nbytes()) for event in prof.profiler.kineto_results.events()
+                    if event.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
+
+
 def time_and_peak_once(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
     """(ms, peak MB beyond what was live before) of one call of ``fn``, for runs too long to repeat; warm up first."""
     if device.type == "cuda":
