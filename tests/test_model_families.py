@@ -99,3 +99,16 @@ def test_models_lacking_what_the_thought_attention_needs_are_refused_by_name():
     assert "attention interface" in message
     with pytest.raises(ValueError, match="not a transformers causal LM"):
         QuietStar(torch.nn.Linear(2, 2), start_token_id=0, end_token_id=1, init_token_id=0)
+
+
+def test_llama3_style_eos_list_gives_the_first_as_pad():
+    """Llama 3.x configs list several eos ids and no pad id: labels equal to the first are ignored, as the official
+    code ignores its pad (= eos)."""
+    config = transformers.LlamaConfig(**{**COMMON, "pad_token_id": None, "eos_token_id": [3, 7]})
+    quiet = QuietStar(transformers.LlamaForCausalLM(config), start_token_id=95, end_token_id=96, init_token_id=5,
+                      n_ahead=4, n_ahead_talk=2, n_passes=1, kernel_impl="torch")
+    assert quiet.pad_token_id == 3
+    ids = torch.randint(8, 95, (1, 10))
+    ids[0, 4] = 3
+    out = quiet(ids, generator=torch.Generator().manual_seed(0))
+    assert float(out.base_nll[0, 3]) == 0.0 and bool((out.base_nll[0, torch.arange(9) != 3] != 0).all())

@@ -161,6 +161,8 @@ class QuietStar(nn.Module):
             pad_token_id = model.config.pad_token_id
             if pad_token_id is None:
                 pad_token_id = model.config.eos_token_id
+        if isinstance(pad_token_id, (list, tuple)):  # Llama 3.x configs list several eos ids: the first is the pad
+            pad_token_id = pad_token_id[0] if pad_token_id else None
         self.pad_token_id = pad_token_id
         # Row 0: the mean vector stored / embedding_scale; row 1: a log-std (used only by an option the official code
         # leaves off). The x100 reparameterisation is kept: under Adam it is a 100x learning rate (official quirk).
