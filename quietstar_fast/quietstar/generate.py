@@ -85,13 +85,14 @@ def generate(qs, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = 
     cache, cache_name = new_cache(), cache_kwarg(decoder)
     batch, prompt_len = input_ids.shape
     pads = (~real).sum(dim=1, keepdim=True)  # (B, 1) left pads per row
-    prompt_mask = real.long()
+    prompt_mask = None if bool(real.all()) else real.long()  # without padding the model's causal mask is enough
 
     def step(inputs_embeds):
         """Run the new columns on the cache; return the last column's final hidden state (B, D)."""
         start, width = cache.get_seq_length(), inputs_embeds.shape[1]
         columns = torch.arange(start, start + width, device=input_ids.device)[None]
-        mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, start + width - prompt_len)], dim=1)
+        mask = None if prompt_mask is None else torch.cat(
+            [prompt_mask, prompt_mask.new_ones(batch, start + width - prompt_len)], dim=1)
         return decoder(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=(columns - pads).clamp_min(0),
                        use_cache=True, **{cache_name: cache}).last_hidden_state[:, -1]
 
