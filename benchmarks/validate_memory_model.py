@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                                allocated_mb=f"{allocated:.1f}", ratio=f"{predicted / allocated:.3f}",
                                within_tolerance=abs(predicted / allocated - 1) <= TOLERANCE,
                                resident_mb=f"{resident:.1f}",
-                               ratio_to_resident=f"{predicted / resident:.3f}" if resident else "-",
+                               # below 1 MB the resident set's page-level noise is the whole reading
+                               ratio_to_resident=f"{predicted / resident:.3f}" if resident >= 1 else "-",
                                device=device_name, versions=version)
                     print(", ".join(f"{k}={v}" for k, v in row.items() if k not in ("device", "versions")),
                           flush=True)

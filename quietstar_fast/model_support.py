@@ -5,8 +5,8 @@ The fast path reaches a model through three doors: its attention must run throug
 (``apply_quietstar_kernels`` swaps the function), its decoder must take ``inputs_embeds``, ``position_ids`` and a
 standard KV cache (the thought steps run at shifted positions on one cache of full and sliding-window attention
 layers), and positions must enter through RoPE computed from ``position_ids`` (a thought token at position i + a is
-rotated as such). Logit soft-capping of attention scores or of the LM head's logits is not implemented by the kernels
-and is refused.
+rotated as such). Logit soft-capping of attention scores or of the LM head's logits and attention sinks are not
+implemented by the kernels and are refused.
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def unsupported_reasons(model: nn.Module) -> list[str]:
                            "and the fused LM-head ops do not")
     if getattr(config, "use_bidirectional_attention", False):
         reasons.append("its attention is bidirectional")
+    if any(isinstance(getattr(module, "sinks", None), nn.Parameter) for module in model.modules()):
+        reasons.append("its attention has sink logits (sinks), which the thought attention does not add")
     return reasons
 
 

@@ -176,3 +176,14 @@ def test_official_method_appends_the_mixed_greedy_token():
         expected = _uncached_next_token(quiet, prompt, out.thought_tokens[:, :, -1].T)
     sequence = bench_generate.official_generate(quiet, prompt, 1, generator)
     assert torch.equal(sequence[:, :6], prompt) and torch.equal(sequence[:, 6], expected)
+
+
+def test_any_of_several_eos_ids_finishes_a_row():
+    """Llama 3.x lists several eos ids: emitting any of them finishes a row."""
+    _, fast = _tiny_pair("llama")
+    with torch.no_grad():  # all-zero logits: greedy emits id 0 at every step
+        fast.model.get_output_embeddings().weight.zero_()
+    prompt = torch.randint(1, 95, (2, 5))
+    assert fast.generate(prompt, max_new_tokens=6, eos_token_id=[5]).sequences.shape == (2, 11)
+    stopped = fast.generate(prompt, max_new_tokens=6, eos_token_id=[5, 0]).sequences
+    assert stopped.shape == (2, 6) and bool((stopped[:, -1] == 0).all())

@@ -97,8 +97,25 @@ def test_models_lacking_what_the_thought_attention_needs_are_refused_by_name():
 
     message = _refusal(EagerOnlyLlama(transformers.LlamaConfig(**COMMON)))
     assert "attention interface" in message
+    gpt_oss = transformers.GptOssForCausalLM(transformers.GptOssConfig(**{**COMMON, "intermediate_size": 32,
+                                                                          "attn_implementation": "eager"},
+                                                                       head_dim=8, num_local_experts=2,
+                                                                       num_experts_per_tok=1))
+    assert "sinks" in _refusal(gpt_oss)
     with pytest.raises(ValueError, match="not a transformers causal LM"):
         QuietStar(torch.nn.Linear(2, 2), start_token_id=0, end_token_id=1, init_token_id=0)
+
+
+def test_score_changing_attention_arguments_are_refused_in_thought_calls():
+    """A model the capability check let through that passes attention sinks or a position bias to its attention
+    function gets an error in a thought call, not an attention without them."""
+    from quietstar_fast.hf import ThoughtLayout, _thought_attention_forward
+
+    q = k = v = torch.randn(1, 2, 4, 8)
+    layout = ThoughtLayout(prefix_len=4, impl="torch")
+    for name in ("s_aux", "position_bias"):
+        with pytest.raises(ValueError, match=name):
+            _thought_attention_forward(None, q, k, v, None, quietstar_layout=layout, **{name: torch.zeros(2)})
 
 
 def test_llama3_style_eos_list_gives_the_first_as_pad():

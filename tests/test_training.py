@@ -42,6 +42,8 @@ def test_resume_continues_exactly(tmp_path, lora):
 
 def test_log_csv_holds_every_step_and_continues_on_resume(tmp_path):
     first = train_quietstar.train(_args(tmp_path, "--steps", "2"))
+    with open(tmp_path / "log.csv", "a") as log:  # a crash after step 2's checkpoint had logged a step 3
+        log.write("3,9,9,9,9,9\n")
     resumed = train_quietstar.train(_args(tmp_path, "--steps", "4", "--resume"))
     with open(tmp_path / "log.csv", newline="") as handle:
         logged = list(csv.DictReader(handle))

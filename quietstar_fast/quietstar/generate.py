@@ -75,9 +75,15 @@ def generate(qs, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = 
     real = check_generate_inputs(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p)
     cfg = qs.quietstar_config
     if eos_token_id is None:
-        eos_token_id = qs.model.config.eos_token_id
-    if isinstance(eos_token_id, (list, tuple)):  # Llama 3 configs list several
-        eos_token_id = eos_token_id[0] if eos_token_id else None
+        generation_config = getattr(qs.model, "generation_config", None)
+        eos_token_id = getattr(generation_config, "eos_token_id", None)
+        if eos_token_id is None:
+            eos_token_id = qs.model.config.eos_token_id
+    # Llama 3.x lists several (end of text, end of turn): any of them finishes a row, which then repeats the first.
+    eos_ids = None if eos_token_id is None else torch.tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=input_ids.device)
+    if eos_ids is not None and eos_ids.numel() == 0:
+        eos_ids = None
     decoder = qs.model.get_decoder()
     embed = qs.model.get_input_embeddings()
     weight = qs.model.get_output_embeddings().weight
@@ -119,15 +125,15 @@ def generate(qs, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = 
         logits = mix_hidden(last_hidden, hidden, mix_weight) @ weight.T
         logits[:, meta] = float("-inf")  # the thought delimiters are never emitted
         next_token = next_token_from_logits(logits, do_sample, temperature, top_p, generator)
-        if eos_token_id is not None:
-            next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
+        if eos_ids is not None:
+            next_token = torch.where(finished, eos_ids[0], next_token)
         cache.crop(real_length - cache.get_seq_length())  # forget the thought (a negative count removes tokens)
         sequences = torch.cat([sequences, next_token[:, None]], dim=1)
         thoughts.append(torch.stack(thought, dim=1) if thought else next_token.new_zeros(batch, 0))
         if streamer is not None:
             streamer.put(next_token.cpu())
-        if eos_token_id is not None:
-            finished |= next_token == eos_token_id
+        if eos_ids is not None:
+            finished |= torch.isin(next_token, eos_ids)
             if bool(finished.all()):
                 break
         last_hidden = step(embed(next_token[:, None]))

@@ -253,7 +253,8 @@ class QuietStar(nn.Module):
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                  max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 eos_token_id: int | None = None, generator: torch.Generator | None = None, streamer=None):
+                 eos_token_id: int | list[int] | None = None, generator: torch.Generator | None = None,
+                 streamer=None):
         """Thinking generation: before each new token, a thought (start, N-3 sampled tokens, end) on top of a KV
         cache kept across tokens, and the mixed prediction.
 
@@ -262,7 +263,8 @@ class QuietStar(nn.Module):
             attention_mask: (B, L), 1 = real token, zeros only on the left; defaults to all ones.
             do_sample, temperature, top_p: greedy (default), or sampling from softmax(logits / temperature) within
                 the top-p nucleus. The thoughts are always sampled, as in training (``QuietStarConfig``).
-            eos_token_id: stop when every row has emitted it (default: the model's); finished rows repeat it.
+            eos_token_id: an id or a list of ids (default: the model's generation config's, else its config's); a
+                row finishes at any of them and then repeats the first; generation stops when every row has.
             streamer: a transformers ``TextStreamer``-like object: ``put`` gets the prompts, then each new token
                 (B,), and ``end`` is called at the end.
 

@@ -41,29 +41,69 @@ def save_quietstar(quiet, directory: str | os.PathLike, **save_kwargs) -> None:
     (directory / CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")
 
 
+def _read_settings(directory: Path) -> dict:
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory} holds no {name}: it was not written by QuietStar.save_pretrained")
+    settings = json.loads((directory / CONFIG_NAME).read_text())
+    unknown = set(settings["quietstar"]) - {field.name for field in dataclasses.fields(QuietStarConfig)}
+    if unknown:
+        raise ValueError(f"{directory / CONFIG_NAME} has settings this version does not know: {sorted(unknown)}")
+    return settings
+
+
+def _copy_into(parameters: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], source: Path) -> None:
+    unexpected = sorted(set(saved) - set(parameters))
+    if unexpected:
+        raise ValueError(f"{source} holds tensors this model does not have: {unexpected[:5]}")
+    with torch.no_grad():
+        for name, value in saved.items():
+            parameters[name].copy_(value)
+
+
+def _load_own(quiet, directory: Path) -> None:
+    saved = load_file(directory / WEIGHTS_NAME, device=str(quiet.start_embedding.device))
+    missing = sorted(set(own_state_dict(quiet)) - set(saved))
+    if missing:
+        raise ValueError(f"{directory / WEIGHTS_NAME} lacks {missing}")
+    _copy_into(dict(quiet.named_parameters()), saved, directory / WEIGHTS_NAME)
+
+
 def load_quietstar(cls, directory: str | os.PathLike, *, impl: str, kernel_impl: str,
                    activation_checkpointing: str | None, **model_kwargs):
     from transformers import AutoModelForCausalLM
 
     directory = Path(directory)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory} holds no {name}: it was not written by QuietStar.save_pretrained")
-    settings = json.loads((directory / CONFIG_NAME).read_text())
+    settings = _read_settings(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)
-    known = {field.name for field in dataclasses.fields(QuietStarConfig)}
-    unknown = set(settings["quietstar"]) - known
-    if unknown:
-        raise ValueError(f"{directory / CONFIG_NAME} has settings this version does not know: {sorted(unknown)}")
     quiet = cls(model, impl=impl, kernel_impl=kernel_impl, activation_checkpointing=activation_checkpointing,
                 **{field: settings[field] for field in TOKEN_ID_FIELDS}, **settings["quietstar"])
-    saved = load_file(directory / WEIGHTS_NAME, device=str(quiet.start_embedding.device))
-    expected = own_state_dict(quiet)
-    if set(saved) != set(expected):
-        raise ValueError(f"{directory / WEIGHTS_NAME} does not match: missing {sorted(set(expected) - set(saved))}, "
-                         f"unexpected {sorted(set(saved) - set(expected))}")
-    parameters = dict(quiet.named_parameters())
-    with torch.no_grad():
-        for name, value in saved.items():
-            parameters[name].copy_(value)
+    _load_own(quiet, directory)
     return quiet
+
+
+def load_into(quiet, directory: str | os.PathLike) -> None:
+    """Load a ``save_pretrained`` directory into an existing ``QuietStar`` of the same settings, shard by shard, in
+    place (resuming a run: no second model is built). Tied weights are saved once and loaded through their twin."""
+    directory = Path(directory)
+    settings = _read_settings(directory)
+    running = {"quietstar": dataclasses.asdict(quiet.quietstar_config),
+               **{field: getattr(quiet, field) for field in TOKEN_ID_FIELDS}}
+    if settings != running:
+        differing = sorted(key for key in running if settings.get(key) != running[key])
+        raise ValueError(f"{directory} was saved with other Quiet-STaR settings ({differing}): saved {settings}, "
+                         f"running {running}")
+    index = directory / "model.safetensors.index.json"
+    shards = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+              else ["model.safetensors"])
+    parameters = dict(quiet.model.state_dict(keep_vars=True))
+    loaded = set()
+    for shard in shards:
+        saved = load_file(directory / shard, device=str(quiet.start_embedding.device))
+        _copy_into(parameters, saved, directory / shard)
+        loaded |= set(saved)
+    pointers = {parameters[name].data_ptr() for name in loaded}
+    missing = sorted(name for name in set(parameters) - loaded if parameters[name].data_ptr() not in pointers)
+    if missing:
+        raise ValueError(f"{directory} lacks weights of the model: {missing[:5]}")
+    _load_own(quiet, directory)
