@@ -108,8 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         speedup = f"{tps / official[name]:.1f}x" if name in official else "-"
         print(f"{name:<16} {provider:<9} {tps:>10.2f} {peak:>9.1f} {speedup:>8}")
     if rows:
-        bench_utils.write_results(rows, csv_path, f"thinking generation ({device_name})")
+        bench_utils.write_csv(rows, csv_path)
+        plot_path = csv_path.with_suffix(".png")
+        if bench_utils.plot(rows_per_model(rows), plot_path, f"thinking generation ({device_name})"):
+            print(f"wrote {csv_path}, {plot_path}")
     return 0
+
+
+def rows_per_model(rows: list[dict]) -> list[dict]:
+    """The rows with the model in the provider's name, so the plot draws one line per model and provider."""
+    return [{**row, "kernel_provider": f"{row['kernel_provider']} {row['extra_benchmark_config_str'].split(',')[0]}"}
+            for row in rows]
 
 
 if __name__ == "__main__":

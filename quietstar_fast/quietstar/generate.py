@@ -68,7 +68,8 @@ def next_token_from_logits(logits: torch.Tensor, do_sample: bool, temperature: f
 
 @torch.no_grad()
 def generate(qs, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 32,
-             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, eos_token_id: int | None = None,
+             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             eos_token_id: int | list[int] | None = None,
              generator: torch.Generator | None = None, streamer=None) -> GenerateOutput:
     from ..loss import sample_thought_tokens
 
