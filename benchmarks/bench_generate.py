@@ -25,7 +25,7 @@ import bench_step  # noqa: E402
 import bench_utils  # noqa: E402
 
 from quietstar_fast import QuietStar  # noqa: E402
-from quietstar_fast.loss.mixing import mix_hidden  # noqa: E402
+from quietstar_fast.quietstar.generate import mixed_next_token_logits  # noqa: E402
 
 PROVIDERS = ("official", "cached")
 
@@ -38,8 +38,7 @@ def official_generate(quiet: QuietStar, prompt: torch.Tensor, new_tokens: int, g
     for _ in range(new_tokens):
         out = quiet(sequence, generator=generator, output_hidden_states=True)
         base, after_thought = out.hidden_states[0][:, -1], out.hidden_states[-1][:, -1]
-        logits = mix_hidden(base, after_thought, out.talk_weights[-1][:, -1]) @ weight.T
-        logits[:, [quiet.start_token_id, quiet.end_token_id]] = float("-inf")
+        logits = mixed_next_token_logits(quiet, base, after_thought, out.talk_weights[-1][:, -1], weight)
         sequence = torch.cat([sequence, logits.argmax(dim=-1, keepdim=True)], dim=1)
     return sequence
 
@@ -107,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, provider, tps, peak in table:
         speedup = f"{tps / official[name]:.1f}x" if name in official else "-"
         print(f"{name:<16} {provider:<9} {tps:>10.2f} {peak:>9.1f} {speedup:>8}")
-    if rows:
-        bench_utils.write_csv(rows, csv_path)
+    if rows:  # the CSV is already written after each measurement
         plot_path = csv_path.with_suffix(".png")
         if bench_utils.plot(rows_per_model(rows), plot_path, f"thinking generation ({device_name})"):
             print(f"wrote {csv_path}, {plot_path}")

@@ -80,18 +80,7 @@ def _proc_status_bytes(field: str) -> int:
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     """Peak MB allocated by ``fn()`` beyond what was live before it (its result is dropped inside)."""
     fn()  # warm-up: lazy initialisation must not count
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    before = _proc_status_bytes("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # resets VmHWM to the current resident set
-    fn()
-    return max(0, _proc_status_bytes("VmHWM") - before) / 2**20
+    return time_and_peak_once(fn, device)[1]
 
 
 def cpu_allocator_peak_mb(fn: Callable[[], object]) -> float:
@@ -120,7 +109,7 @@ def time_and_peak_once(fn: Callable[[], object], device: torch.device) -> tuple[
     else:
         before = _proc_status_bytes("VmRSS")
         with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
+            clear_refs.write("5")  # resets VmHWM to the current resident set
     start = time.perf_counter()
     fn()
     if device.type == "cuda":

@@ -7,7 +7,7 @@ previous ones freed), against the estimate's ``step_peak``. N = 5, T = 2, P = 2,
 
 Two measurements of the same step: the peak PyTorch's allocator hands out (profiler allocation events; what
 ``max_memory_allocated`` counts on a GPU, where the estimate is used), which the tolerance judges, and the peak
-resident set (pages touched; allocator reuse and untouched allocations make it differ by a few MB).
+resident set (pages touched), kept for transparency: it does not follow the allocator reliably (docs/memory.md).
 Results: ``benchmarks/results/memory_model_cpu.csv`` (predicted and measured MB and their ratios) and a table.
 """
 from __future__ import annotations

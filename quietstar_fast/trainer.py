@@ -15,7 +15,7 @@ import torch
 from transformers import Trainer
 
 from .quietstar import QuietStar
-from .quietstar.saving import load_into
+from .quietstar.saving import is_peft_model, load_into
 
 
 class QuietStarTrainer(Trainer):
@@ -24,7 +24,7 @@ class QuietStarTrainer(Trainer):
     def __init__(self, model: QuietStar, *args, **kwargs):
         if not isinstance(model, QuietStar):
             raise TypeError(f"QuietStarTrainer trains a QuietStar model, got {type(model).__name__}")
-        if hasattr(model.model, "peft_config"):  # save_pretrained refuses it: fail now, not at the first checkpoint
+        if is_peft_model(model.model):  # save_pretrained refuses it: fail now, not at the first checkpoint
             raise ValueError("QuietStarTrainer checkpoints with QuietStar.save_pretrained, which needs merged weights: "
                              "a PEFT (LoRA) model cannot be checkpointed this way; train it with the example's loop "
                              "(examples/train_quietstar.py --lora) or save quiet.trainable_state_dict() yourself")

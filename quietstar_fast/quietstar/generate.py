@@ -51,6 +51,15 @@ def check_generate_inputs(input_ids, attention_mask, max_new_tokens, do_sample, 
     return real
 
 
+def mixed_next_token_logits(qs, base: torch.Tensor, after_thought: torch.Tensor, mix_weight: torch.Tensor,
+                            weight: torch.Tensor) -> torch.Tensor:
+    """(B, V) logits of the mixed prediction (talk step 1) from the last real hidden state ``base`` (B, D) and the
+    one after <|endthought|>, with the thought delimiters banned: they are never emitted."""
+    logits = mix_hidden(base, after_thought, mix_weight) @ weight.T
+    logits[:, [qs.start_token_id, qs.end_token_id]] = float("-inf")
+    return logits
+
+
 def next_token_from_logits(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
                            generator: torch.Generator | None) -> torch.Tensor:
     """Greedy, or sampling from softmax(logits / temperature) restricted to the smallest set of most likely tokens
@@ -123,8 +132,7 @@ def generate(qs, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = 
             elif offset == cfg.n_ahead - 2:
                 inputs = meta_embedding(qs.end_embedding, cfg.embedding_scale, inputs)
         mix_weight = qs.talk_head[0](torch.cat([last_hidden, hidden], dim=-1))
-        logits = mix_hidden(last_hidden, hidden, mix_weight) @ weight.T
-        logits[:, meta] = float("-inf")  # the thought delimiters are never emitted
+        logits = mixed_next_token_logits(qs, last_hidden, hidden, mix_weight, weight)
         next_token = next_token_from_logits(logits, do_sample, temperature, top_p, generator)
         if eos_ids is not None:
             next_token = torch.where(finished, eos_ids[0], next_token)

@@ -14,7 +14,7 @@ from .config import QuietStarConfig
 from .fast import fast_forward
 from .output import QuietStarOutput
 from .reference import reference_forward
-from .saving import load_quietstar, save_quietstar
+from .saving import OWN_PREFIXES, load_quietstar, save_quietstar
 from .steps import make_rows, new_cache
 from .tokens import END_THOUGHT, INIT_TEXT, START_THOUGHT
 
@@ -219,9 +219,8 @@ class QuietStar(nn.Module):
     def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a state dict saved by the official code: base model weights (``model.*``, ``lm_head.weight``) plus
         ``start_embedding``, ``end_embedding`` and ``talk_head.0.*``. Strict: every key must be used."""
-        own_prefixes = ("start_embedding", "end_embedding", "talk_head.")
-        base = {k: v for k, v in state_dict.items() if not k.startswith(own_prefixes)}
-        own = {k: v for k, v in state_dict.items() if k.startswith(own_prefixes)}
+        base = {k: v for k, v in state_dict.items() if not k.startswith(OWN_PREFIXES)}
+        own = {k: v for k, v in state_dict.items() if k.startswith(OWN_PREFIXES)}
         self.model.load_state_dict(base, strict=True)
         missing, unexpected = nn.Module.load_state_dict(self, {**own, **{f"model.{k}": v for k, v in base.items()}},
                                                         strict=False)

@@ -26,8 +26,18 @@ def own_state_dict(quiet: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().contiguous() for name, p in quiet.named_parameters() if name.startswith(OWN_PREFIXES)}
 
 
+def is_peft_model(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def _settings(quiet) -> dict:
+    """What ``quietstar_config.json`` holds: the ``QuietStarConfig`` fields and the token ids."""
+    return {"quietstar": dataclasses.asdict(quiet.quietstar_config),
+            **{field: getattr(quiet, field) for field in TOKEN_ID_FIELDS}}
+
+
 def save_quietstar(quiet, directory: str | os.PathLike, **save_kwargs) -> None:
-    if hasattr(quiet.model, "peft_config"):
+    if is_peft_model(quiet.model):
         raise ValueError("save_pretrained of a PEFT-wrapped model would save the adapters without the grown "
                          "vocabulary rows of the thought delimiters; merge the adapters first "
                          "(quiet.model = quiet.model.merge_and_unload()), or keep quiet.trainable_state_dict() "
@@ -36,9 +46,7 @@ def save_quietstar(quiet, directory: str | os.PathLike, **save_kwargs) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     quiet.model.save_pretrained(directory, **save_kwargs)
     save_file(own_state_dict(quiet), directory / WEIGHTS_NAME, metadata={"format": "pt"})
-    settings = {"quietstar": dataclasses.asdict(quiet.quietstar_config),
-                **{field: getattr(quiet, field) for field in TOKEN_ID_FIELDS}}
-    (directory / CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")
+    (directory / CONFIG_NAME).write_text(json.dumps(_settings(quiet), indent=2) + "\n")
 
 
 def _read_settings(directory: Path) -> dict:
@@ -87,8 +95,7 @@ def load_into(quiet, directory: str | os.PathLike) -> None:
     place (resuming a run: no second model is built). Tied weights are saved once and loaded through their twin."""
     directory = Path(directory)
     settings = _read_settings(directory)
-    running = {"quietstar": dataclasses.asdict(quiet.quietstar_config),
-               **{field: getattr(quiet, field) for field in TOKEN_ID_FIELDS}}
+    running = _settings(quiet)
     if settings != running:
         differing = sorted(key for key in running if settings.get(key) != running[key])
         raise ValueError(f"{directory} was saved with other Quiet-STaR settings ({differing}): saved {settings}, "
