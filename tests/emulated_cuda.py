@@ -25,9 +25,8 @@ def emulation_unavailable_reason() -> str | None:
     return None
 
 
-@functools.cache
-def emulated_ops():
-    """torch.ops.quietstar_fast_emulated, building the emulation first."""
+def _build_against_emulation(name: str, source: Path, is_python_module: bool) -> object:
+    """Builds ``source`` as host C++ with csrc/ and the emulation on the include path."""
     from torch.utils.cpp_extension import load
 
     # torch's build cache watches the listed sources only; the hash of csrc/ makes any kernel change rebuild.
@@ -35,16 +34,29 @@ def emulated_ops():
     for path in sorted((ROOT / "csrc").rglob("*")):
         if path.is_file():
             digest.update(path.read_bytes())
-    load(
-        name="quietstar_fast_emulated",
-        sources=[str(ROOT / "tests" / "emulation" / "emulated_ops.cpp")],
+    return load(
+        name=name,
+        sources=[str(source)],
         extra_include_paths=[str(ROOT / "csrc"), str(find_cuda_toolkit() / "include")],
         extra_cflags=["-DQUIETSTAR_EMULATION", "-O2", "-std=c++20",
                       f"-DQUIETSTAR_SOURCES={digest.hexdigest()[:16]}"],
         extra_ldflags=["-pthread"],
+        is_python_module=is_python_module,
         verbose=os.environ.get("QUIETSTAR_VERBOSE_BUILD") == "1",
     )
+
+
+@functools.cache
+def emulated_ops():
+    """torch.ops.quietstar_fast_emulated, building the emulation first."""
+    _build_against_emulation("quietstar_fast_emulated", ROOT / "tests" / "emulation" / "emulated_ops.cpp", True)
     return torch.ops.quietstar_fast_emulated
+
+
+@functools.cache
+def ptx_probe():
+    """The one-warp probe kernels of tests/emulation/ptx_probe.cpp (ldmatrix, mma, cp_async), built on first use."""
+    return _build_against_emulation("quietstar_ptx_probe", ROOT / "tests" / "emulation" / "ptx_probe.cpp", True)
 
 
 def use_emulated_cuda_kernels(monkeypatch) -> None:

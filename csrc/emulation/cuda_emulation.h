@@ -24,6 +24,7 @@
 #include <memory>
 #include <new>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #ifndef __global__
@@ -58,12 +59,25 @@ struct Barrier {
   uint64_t generation = 0;
 };
 
+// A cp.async copy in flight: it lands in shared memory only when a wait retires its group.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  int src_bytes;
+};
+
 struct Fiber {
   ucontext_t context;
   std::unique_ptr<char[]> stack;
   uint3 thread_index{0, 0, 0};
   bool done = false;
+  std::vector<AsyncCopy> open_copies;                   // issued, not yet committed
+  std::vector<std::vector<AsyncCopy>> copy_groups;      // committed, oldest first
+  unsigned exchange_parity = 0;                         // which half of the warp exchange the next collective uses
 };
+
+// Words a lane publishes to its warp in one collective (ldmatrix addresses, mma fragments).
+constexpr int kExchangeWords = 16;
 
 struct Block {
   dim3 grid_dim, block_dim;
@@ -71,7 +85,10 @@ struct Block {
   Barrier block_barrier;
   std::vector<Barrier> warp_barriers;
   std::vector<uint64_t> shuffle_slots;  // one per thread
+  std::vector<uint64_t> exchange;       // two halves of kExchangeWords per thread (see ptx_emulation.h)
   char* shared_memory = nullptr;
+  size_t shared_bytes = 0;
+  std::string error;                    // the first misuse a wrapper detected; launch() throws it
   std::vector<Fiber> fibers;
   ucontext_t scheduler;
   int running = -1;  // index of the fiber now running
@@ -104,7 +121,11 @@ struct Entry {
   static inline const Args* args;
   static void run() {
     kernel(*args);
-    this_fiber().done = true;
+    Fiber& fiber = this_fiber();
+    if ((!fiber.open_copies.empty() || !fiber.copy_groups.empty()) && current->error.empty()) {
+      current->error = "a thread exited with cp.async copies it never waited for";
+    }
+    fiber.done = true;
   }
 };
 
@@ -130,9 +151,11 @@ void launch(Kernel kernel, dim3 grid, dim3 block_dim, size_t shared_bytes, const
         block.block_barrier.expected = threads;
         block.warp_barriers.assign(threads / kWarpSize, Barrier{kWarpSize, 0, 0});
         block.shuffle_slots.assign(threads, 0);
+        block.exchange.assign(size_t(threads) * 2 * kExchangeWords, 0);
         // Stale shared memory is NaN, so reading it before writing it shows up in the results.
         std::fill_n(reinterpret_cast<float*>(shared.get()), shared_bytes / sizeof(float), NAN);
         block.shared_memory = shared.get();
+        block.shared_bytes = shared_bytes;
         block.fibers.resize(threads);
         for (int t = 0; t < threads; ++t) {
           Fiber& fiber = block.fibers[t];
@@ -157,6 +180,7 @@ void launch(Kernel kernel, dim3 grid, dim3 block_dim, size_t shared_bytes, const
           }
         }
         current = nullptr;
+        if (!block.error.empty()) throw std::runtime_error("CUDA emulation: " + block.error);
       }
     }
   }
