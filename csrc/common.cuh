@@ -1,9 +1,9 @@
 // Device building blocks shared by the CUDA kernels: element types, warp reductions, global->shared tile copies
-// with 64-bit offsets, and block-wide GEMMs on shared-memory tiles.
+// with 64-bit offsets, and the block-wide FFMA GEMM on shared-memory tiles of the exact (CUDA-core) kernels.
 //
-// The GEMMs run on tensor cores (WMMA, fp32 accumulators) for fp16/bf16 and on FFMA for fp32 (the fp32 contract is
-// IEEE products, like torch's default matmul without TF32). Every kernel stages its tiles in shared memory and keeps
-// softmax statistics there, so the accumulator layout never has to be known.
+// The tensor-core kernels build on ptx.cuh (mma.sync, ldmatrix, cp.async) and async_tile.cuh instead; the FFMA
+// GEMM here is the fp32 contract (IEEE products, like torch's default matmul without TF32) and the path of 16-bit
+// inputs whose layout cp.async cannot copy.
 #pragma once
 
 #ifdef QUIETSTAR_EMULATION
@@ -12,7 +12,6 @@
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 #define QUIETSTAR_DYNAMIC_SMEM(name) extern __shared__ __align__(128) char name[]
 #endif
 
@@ -45,19 +44,16 @@ __device__ __forceinline__ __half from_float<__half>(float x) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// Tile geometry per element type. 16-bit tiles feed WMMA: leading dimensions padded by 8 elements (16 bytes) keep
-// the 32-byte fragment alignment and move consecutive rows to other banks. fp32 tiles feed FFMA: an odd padding
-// makes column walks conflict-free.
+// Tile geometry of the FFMA kernels per element type: an odd padding (in 4-byte words) makes column walks
+// conflict-free; 16-bit tiles keep 16-byte aligned rows for the vector loads.
 template <typename T>
 struct TileTraits {
-  static constexpr bool kTensorCores = true;
   static constexpr int kPad = 8;
-  static constexpr int kAccPad = 4;
+  static constexpr int kAccPad = 1;
   static constexpr int kRows = 64;  // query rows per block (and vocabulary columns in the LM-head kernels)
 };
 template <>
 struct TileTraits<float> {
-  static constexpr bool kTensorCores = false;
   static constexpr int kPad = 1;
   static constexpr int kAccPad = 1;
   static constexpr int kRows = 32;
@@ -130,48 +126,21 @@ __device__ __forceinline__ void zero_tile(float* dst, int ld) {
 }
 
 // C (M x N, fp32, row-major, ldc) = [C +] A (M x K, row-major, lda) * B', where B' = B^T for B stored N x K
-// row-major (B_TRANSPOSED, "NT") or B' = B for B stored K x N row-major ("NN"). All warps of the block share the
-// 16 x 16 output tiles; callers synchronise before and after.
+// row-major (B_TRANSPOSED, "NT") or B' = B for B stored K x N row-major ("NN"), with fp32 FMAs in k order. Threads
+// share the output elements; callers synchronise before and after.
 template <typename T, int M, int N, int K, bool B_TRANSPOSED>
 __device__ __forceinline__ void block_gemm(const T* A, int lda, const T* B, int ldb, float* C, int ldc,
                                            bool accumulate) {
-  if constexpr (TileTraits<T>::kTensorCores) {
-    namespace wmma = nvcuda::wmma;
-    static_assert(M % 16 == 0 && N % 16 == 0 && K % 16 == 0, "WMMA tiles are 16 x 16 x 16");
-    using BLayout = typename std::conditional<B_TRANSPOSED, wmma::col_major, wmma::row_major>::type;
-    const int warp = threadIdx.x / kWarpSize;
-    for (int tile = warp; tile < (M / 16) * (N / 16); tile += blockDim.x / kWarpSize) {
-      const int tm = tile / (N / 16);
-      const int tn = tile % (N / 16);
-      float* c_tile = C + tm * 16 * ldc + tn * 16;
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      if (accumulate) {
-        wmma::load_matrix_sync(acc, c_tile, ldc, wmma::mem_row_major);
-      } else {
-        wmma::fill_fragment(acc, 0.f);
-      }
-#pragma unroll
-      for (int k = 0; k < K; k += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> b;
-        wmma::load_matrix_sync(a, A + tm * 16 * lda + k, lda);
-        wmma::load_matrix_sync(b, B_TRANSPOSED ? B + tn * 16 * ldb + k : B + k * ldb + tn * 16, ldb);
-        wmma::mma_sync(acc, a, b, acc);
-      }
-      wmma::store_matrix_sync(c_tile, acc, ldc, wmma::mem_row_major);
-    }
-  } else {
-    for (int index = threadIdx.x; index < M * N; index += blockDim.x) {
-      const int i = index / N;
-      const int j = index % N;
-      float sum = accumulate ? C[i * ldc + j] : 0.f;
+  for (int index = threadIdx.x; index < M * N; index += blockDim.x) {
+    const int i = index / N;
+    const int j = index % N;
+    float sum = accumulate ? C[i * ldc + j] : 0.f;
 #pragma unroll 8
-      for (int k = 0; k < K; ++k) {
-        const float b = to_float(B_TRANSPOSED ? B[j * ldb + k] : B[k * ldb + j]);
-        sum = fmaf(to_float(A[i * lda + k]), b, sum);
-      }
-      C[i * ldc + j] = sum;
+    for (int k = 0; k < K; ++k) {
+      const float b = to_float(B_TRANSPOSED ? B[j * ldb + k] : B[k * ldb + j]);
+      sum = fmaf(to_float(A[i * lda + k]), b, sum);
     }
+    C[i * ldc + j] = sum;
   }
 }
 

@@ -38,6 +38,8 @@ struct ThoughtAttentionArgs {
 };
 
 void launch_thought_attention_forward(const ThoughtAttentionArgs& args);
+// The exact CUDA-core path the launcher above takes for fp32 and for layouts cp.async cannot copy.
+void launch_thought_attention_forward_fma(const ThoughtAttentionArgs& args);
 void launch_thought_attention_backward(const ThoughtAttentionArgs& args);
 
 struct LinearSoftmaxArgs {

@@ -1,12 +1,20 @@
-// Forward kernel of thought-aware attention.
+// Forward kernel of thought-aware attention on tensor cores, in the FlashAttention-2 design.
 //
-// One block per (block of query positions, batch * query head, query step). Online softmax, fp32 statistics in the
-// log2 domain, over
-//   1. the rows' own stream keys (s, i), s = 1..step: row-wise dot products, one warp per row -- never dense
-//      diagonal tiles;
-//   2. the prefix key tiles the block can see, Q K^T and P V on tensor cores (fp16/bf16) through shared memory.
+// One block of four warps per (64 query positions, batch * query head, query step); each warp owns 16 query rows.
+// Q is loaded once into mma A fragments; S = Q K^T, the online softmax (fp32, log2 domain) and the O accumulator
+// stay in registers; P is rounded to 16 bits in registers and fed to the P V mma as its A operand with no shared
+// memory round trip. Key/value tiles stream through two shared-memory stages with cp.async, the next tile's copy in
+// flight while the current one is computed. The tiles a block visits, in order:
+//   1. its own-stream keys (s, i), s = 1..step: for a block they are the contiguous rows s * n + block_start + r,
+//      loaded as one tile per step; query r sees only row r of each, so these are row-wise dot products on the
+//      fragments the thread already holds (never a dense diagonal mma);
+//   2. the prefix key tiles up to the diagonal (and inside the window): mma.sync m16n8k16; the mask predicate is
+//      evaluated only on tiles that need it (diagonal, window edge, past the end, padding).
 // The stored LSE is natural-log; a row that sees no key gets o = 0 and lse = -inf.
-#include "common.cuh"
+//
+// Inputs whose layout cp.async cannot copy (head dim not a multiple of 8, strides or pointers not 16-byte aligned)
+// and fp32 inputs go to the exact FMA kernel (thought_attention_fwd_fma.cu).
+#include "async_tile.cuh"
 #include "launch_utils.cuh"
 #include "thought_attention_mask.cuh"
 
@@ -14,166 +22,247 @@ namespace quietstar {
 namespace {
 
 template <typename T, int D>
-struct ForwardTiles {
-  static constexpr int kBlockM = TileTraits<T>::kRows;
-  static constexpr int kBlockN = TileTraits<T>::kRows;
-  static constexpr int kLd = D + TileTraits<T>::kPad;
-  static constexpr int kLdP = kBlockN + TileTraits<T>::kPad;
-  static constexpr int kLdS = kBlockN + TileTraits<T>::kAccPad;
-  static constexpr int kLdO = D + TileTraits<T>::kAccPad;
-  __host__ __device__ static constexpr auto q() { return first_region<T>(kBlockM, kLd); }
-  __host__ __device__ static constexpr auto k() { return after<T>(q(), kBlockN, kLd); }
-  __host__ __device__ static constexpr auto v() { return after<T>(k(), kBlockN, kLd); }
-  __host__ __device__ static constexpr auto s() { return after<float>(v(), kBlockM, kLdS); }
-  __host__ __device__ static constexpr auto p() { return after<T>(s(), kBlockM, kLdP); }
-  __host__ __device__ static constexpr auto o() { return after<float>(p(), kBlockM, kLdO); }
-  __host__ __device__ static constexpr auto row_max() { return after<float>(o(), 1, kBlockM); }
-  __host__ __device__ static constexpr auto row_sum() { return after<float>(row_max(), 1, kBlockM); }
-  static constexpr int64_t kBytes = row_sum().end();
+struct TensorCoreForward {
+  static constexpr int kBlockM = 64;
+  static constexpr int kBlockN = 64;
+  using QTile = PaddedTile<T, kBlockM, D>;
+  using KvTile = PaddedTile<T, kBlockN, D>;
+  static constexpr int64_t kKvOffset = QTile::kBytes;  // then stage 0 K, stage 0 V, stage 1 K, stage 1 V
+  static constexpr int64_t kBytes = QTile::kBytes + 4 * KvTile::kBytes;
 };
 
+// Which keys tile `index` of a block holds: its own-stream steps first, then the prefix tiles.
+struct KeyTile {
+  bool stream;
+  int64_t first_token;  // row of k/v (within the batch and head)
+  int start;            // stream: the block's first position; prefix: the first key position
+  int rows_in;
+};
+
+__device__ __forceinline__ KeyTile key_tile(int index, int step, int n, int block_start, int rows_in, int first_key,
+                                            int block_n) {
+  if (index < step) return KeyTile{true, int64_t(index + 1) * n + block_start, block_start, rows_in};
+  const int start = first_key + (index - step) * block_n;
+  return KeyTile{false, start, start, min(block_n, n - start)};
+}
+
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) thought_attention_fwd_kernel(const ThoughtAttentionArgs args) {
-  using Tiles = ForwardTiles<T, D>;
-  constexpr int BM = Tiles::kBlockM;
-  constexpr int BN = Tiles::kBlockN;
+__global__ void __launch_bounds__(kThreads, 2) thought_attention_fwd_mma_kernel(const ThoughtAttentionArgs args) {
+  using Layout = TensorCoreForward<T, D>;
+  using QTile = typename Layout::QTile;
+  using KvTile = typename Layout::KvTile;
+  constexpr int BM = Layout::kBlockM;
+  constexpr int BN = Layout::kBlockN;
   QUIETSTAR_DYNAMIC_SMEM(smem);
-  T* q_tile = Tiles::q().in(smem);
-  T* k_tile = Tiles::k().in(smem);
-  T* v_tile = Tiles::v().in(smem);
-  float* scores = Tiles::s().in(smem);
-  T* probs = Tiles::p().in(smem);
-  float* acc = Tiles::o().in(smem);
-  float* row_max = Tiles::row_max().in(smem);
-  float* row_sum = Tiles::row_sum().in(smem);
+  T* q_tile = reinterpret_cast<T*>(smem);
+  auto k_stage = [&](int stage) { return reinterpret_cast<T*>(smem + Layout::kKvOffset + 2 * stage * KvTile::kBytes); };
+  auto v_stage = [&](int stage) { return k_stage(stage) + KvTile::kBytes / 2; };
 
   const int n = args.prefix_len;
   const QueryBlock block = QueryBlock::decode(args, BM);
   const int block_start = block.block_start, rows_in = block.rows_in, step = block.step;
-  const int batch = block.batch, head = block.head, kv_head = block.kv_head;
-  const int64_t first_row = block.first_row;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
+  const int g = lane / 4, t = lane % 4;
   const float scale_log2 = args.softmax_scale * kLog2e;
-  const ThoughtMask mask = make_mask(args, batch);
+  const ThoughtMask mask = make_mask(args, block.batch);
 
-  const T* q_base = head_base<const T>(args.q, batch, head);
-  const T* k_base = head_base<const T>(args.k, batch, kv_head);
-  const T* v_base = head_base<const T>(args.v, batch, kv_head);
-  load_tokens<T, BM, D>(q_tile, Tiles::kLd, q_base, args.q, first_row, rows_in, args.head_dim);
-  __syncthreads();
+  const T* q_base = head_base<const T>(args.q, block.batch, block.head);
+  const T* k_base = head_base<const T>(args.k, block.batch, block.kv_head);
+  const T* v_base = head_base<const T>(args.v, block.batch, block.kv_head);
+  const int first_key = mask.first_key(block_start, BN);
+  const int num_tiles = step + ceil_div(min(block_start + BM, n) - first_key, BN);
 
-  // 1. Own stream keys: one warp per row, lanes over the head dim. The accumulator row starts here.
-  for (int r = warp; r < BM; r += kWarps) {
-    const int i = block_start + r;
-    float out[D / kWarpSize] = {};
-    float m_i = -INFINITY;
-    float l_i = 0.f;
-    if (r < rows_in && mask.real(i)) {
-      for (int s = 1; s <= step; ++s) {
-        const T* k_row = k_base + (int64_t(s) * n + i) * args.k.stride_token;
-        const T* v_row = v_base + (int64_t(s) * n + i) * args.v.stride_token;
-        float dot = 0.f;
-        for (int c = lane; c < args.head_dim; c += kWarpSize) {
-          dot = fmaf(to_float(q_tile[r * Tiles::kLd + c]), to_float(k_row[c]), dot);
+  auto load_tile_pair = [&](int index) {
+    const KeyTile tile = key_tile(index, step, n, block_start, rows_in, first_key, BN);
+    cp_async_tile<KvTile>(k_stage(index % 2), k_base + tile.first_token * args.k.stride_token, args.k.stride_token,
+                          tile.rows_in, args.head_dim);
+    cp_async_tile<KvTile>(v_stage(index % 2), v_base + tile.first_token * args.v.stride_token, args.v.stride_token,
+                          tile.rows_in, args.head_dim);
+  };
+  cp_async_tile<QTile>(q_tile, q_base + block.first_row * args.q.stride_token, args.q.stride_token, rows_in,
+                       args.head_dim);
+  load_tile_pair(0);
+  ptx::cp_async_commit();
+
+  // This thread's rows of the block: warp * 16 + g (fragment elements 0, 1) and + 8 (elements 2, 3).
+  const int local_row[2] = {warp * 16 + g, warp * 16 + g + 8};
+  bool row_real[2];
+  for (int h = 0; h < 2; ++h) row_real[h] = local_row[h] < rows_in && mask.real(block_start + local_row[h]);
+  uint32_t q_frag[D / 16][4];
+  float acc[D / 8][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.f, 0.f};
+
+  for (int index = 0; index < num_tiles; ++index) {
+    if (index + 1 < num_tiles) {
+      load_tile_pair(index + 1);  // into the stage the previous iteration finished with
+      ptx::cp_async_commit();
+      ptx::cp_async_wait<1>();
+    } else {
+      ptx::cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (index == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) ptx::ldmatrix_x4(q_frag[kk], x4_a_order<QTile>(q_tile, warp * 16, kk * 16, lane));
+    }
+    const T* k_tile = k_stage(index % 2);
+    const T* v_tile = v_stage(index % 2);
+    const KeyTile tile = key_tile(index, step, n, block_start, rows_in, first_key, BN);
+
+    if (tile.stream) {
+      // Row r's score is q_r . k_r: each lane dots the Q elements it holds with the same columns of K row r.
+      float dot[2] = {0.f, 0.f};
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int column = kk * 16 + half * 8 + 2 * t;
+            const float2 key = ptx::unpack_pair<T>(
+                *reinterpret_cast<const uint32_t*>(k_tile + local_row[h] * KvTile::kLd + column));
+            const float2 query = ptx::unpack_pair<T>(q_frag[kk][h + 2 * half]);
+            dot[h] = fmaf(query.x, key.x, fmaf(query.y, key.y, dot[h]));
+          }
         }
-        const float score = warp_sum(dot) * scale_log2;
-        const float m_new = fmaxf(m_i, score);
-        const float alpha = exp2f(m_i - m_new);
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float score = ptx::quad_sum(dot[h]) * scale_log2;
+        if (!row_real[h]) continue;
+        const float m_new = fmaxf(row_max[h], score);
+        const float alpha = exp2f(row_max[h] - m_new);
         const float p = exp2f(score - m_new);
+        row_max[h] = m_new;
+        row_sum[h] = row_sum[h] * alpha + p;
 #pragma unroll
-        for (int t = 0; t < D / kWarpSize; ++t) {
-          const int c = lane + t * kWarpSize;
-          out[t] = out[t] * alpha + (c < args.head_dim ? p * to_float(v_row[c]) : 0.f);
+        for (int dn = 0; dn < D / 8; ++dn) {
+          const float2 value = ptx::unpack_pair<T>(
+              *reinterpret_cast<const uint32_t*>(v_tile + local_row[h] * KvTile::kLd + dn * 8 + 2 * t));
+          acc[dn][2 * h] = fmaf(p, value.x, acc[dn][2 * h] * alpha);
+          acc[dn][2 * h + 1] = fmaf(p, value.y, acc[dn][2 * h + 1] * alpha);
         }
-        l_i = l_i * alpha + p;
-        m_i = m_new;
+      }
+    } else {
+      float s[BN / 8][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+        for (int j = 0; j < BN / 16; ++j) {
+          uint32_t b[4];
+          ptx::ldmatrix_x4(b, x4_b_order<KvTile>(k_tile, j * 16, kk * 16, lane));
+          ptx::mma_m16n8k16<T>(s[2 * j], q_frag[kk], {b[0], b[1]});
+          ptx::mma_m16n8k16<T>(s[2 * j + 1], q_frag[kk], {b[2], b[3]});
+        }
+      }
+      // Tiles wholly below the diagonal, inside the window and the sequence, with no padding, need no mask.
+      const bool needs_mask = args.key_valid != nullptr || tile.start + BN - 1 > block_start || tile.start + BN > n ||
+                              (args.window != 0 && block_start + BM - 1 - tile.start >= args.window);
+      float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int jt = 0; jt < BN / 8; ++jt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h = e / 2;
+          const int key = tile.start + jt * 8 + 2 * t + e % 2;
+          const bool visible = !needs_mask || (local_row[h] < rows_in &&
+                                               mask.prefix_visible(block_start + local_row[h], key));
+          s[jt][e] = visible ? s[jt][e] * scale_log2 : -INFINITY;
+          tile_max[h] = fmaxf(tile_max[h], s[jt][e]);
+        }
+      }
+      float alpha[2], m_shift[2], p_sum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float m_new = fmaxf(row_max[h], ptx::quad_max(tile_max[h]));
+        // A row that has seen no key yet keeps max -inf; shift by 0 there so that exp2 gives 0, not NaN.
+        m_shift[h] = m_new == -INFINITY ? 0.f : m_new;
+        alpha[h] = exp2f(row_max[h] - m_shift[h]);
+        row_max[h] = m_new;
+      }
+      uint32_t p_frag[BN / 16][4];
+#pragma unroll
+      for (int jt = 0; jt < BN / 8; ++jt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[jt][e] = exp2f(s[jt][e] - m_shift[e / 2]);
+          p_sum[e / 2] += s[jt][e];
+        }
+        // S fragments of n-tiles 2kk and 2kk + 1 are exactly the A fragment of P's k-step kk.
+        p_frag[jt / 2][2 * (jt % 2)] = ptx::pack_pair<T>(s[jt][0], s[jt][1]);
+        p_frag[jt / 2][2 * (jt % 2) + 1] = ptx::pack_pair<T>(s[jt][2], s[jt][3]);
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) row_sum[h] = row_sum[h] * alpha[h] + ptx::quad_sum(p_sum[h]);
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[dn][e] *= alpha[e / 2];
+      }
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+          uint32_t b[4];
+          ptx::ldmatrix_x4_trans(b, x4_a_order<KvTile>(v_tile, kk * 16, dn * 16, lane));
+          ptx::mma_m16n8k16<T>(acc[2 * dn], p_frag[kk], {b[0], b[1]});
+          ptx::mma_m16n8k16<T>(acc[2 * dn + 1], p_frag[kk], {b[2], b[3]});
+        }
       }
     }
-#pragma unroll
-    for (int t = 0; t < D / kWarpSize; ++t) acc[r * Tiles::kLdO + lane + t * kWarpSize] = out[t];
-    if (lane == 0) {
-      row_max[r] = m_i;
-      row_sum[r] = l_i;
-    }
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
-  // 2. Prefix key tiles up to the diagonal.
-  const int key_end = min(block_start + BM, n);
-  for (int start_n = mask.first_key(block_start, BN); start_n < key_end; start_n += BN) {
-    const int keys_in = min(BN, n - start_n);
-    load_tokens<T, BN, D>(k_tile, Tiles::kLd, k_base, args.k, start_n, keys_in, args.head_dim);
-    load_tokens<T, BN, D>(v_tile, Tiles::kLd, v_base, args.v, start_n, keys_in, args.head_dim);
-    __syncthreads();
-    block_gemm<T, BM, BN, D, true>(q_tile, Tiles::kLd, k_tile, Tiles::kLd, scores, Tiles::kLdS, false);
-    __syncthreads();
-    // Rows past the end see nothing: they get probability 0 and stay finite.
-    for (int r = warp; r < BM; r += kWarps) {
-      const int i = block_start + r;
-      float score[BN / kWarpSize];
-      float tile_max = -INFINITY;
+  T* o_base = head_base<T>(args.o, block.batch, block.head);
 #pragma unroll
-      for (int t = 0; t < BN / kWarpSize; ++t) {
-        const int c = lane + t * kWarpSize;
-        const bool visible = r < rows_in && mask.prefix_visible(i, start_n + c);
-        score[t] = visible ? scores[r * Tiles::kLdS + c] * scale_log2 : -INFINITY;
-        tile_max = fmaxf(tile_max, score[t]);
-      }
-      const float m_i = row_max[r];
-      const float m_new = fmaxf(m_i, warp_max(tile_max));
-      // A row that has seen no key yet keeps max -inf; shift by 0 there so that exp2 gives 0, not NaN.
-      const float m_shift = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = exp2f(m_i - m_shift);
-      float p_sum = 0.f;
-#pragma unroll
-      for (int t = 0; t < BN / kWarpSize; ++t) {
-        const float p = exp2f(score[t] - m_shift);
-        p_sum += p;
-        probs[r * Tiles::kLdP + lane + t * kWarpSize] = from_float<T>(p);
-      }
-      p_sum = warp_sum(p_sum);
-      for (int c = lane; c < D; c += kWarpSize) acc[r * Tiles::kLdO + c] *= alpha;
-      __syncwarp();
-      if (lane == 0) {
-        row_max[r] = m_new;
-        row_sum[r] = row_sum[r] * alpha + p_sum;
-      }
-    }
-    __syncthreads();
-    block_gemm<T, BM, D, BN, false>(probs, Tiles::kLdP, v_tile, Tiles::kLd, acc, Tiles::kLdO, true);
-    __syncthreads();
-  }
-
-  T* o_base = head_base<T>(args.o, batch, head);
-  for (int r = warp; r < rows_in; r += kWarps) {
-    const float l_i = row_sum[r];
+  for (int h = 0; h < 2; ++h) {
+    if (local_row[h] >= rows_in) continue;
+    const float l_i = row_sum[h];
     const bool seen = l_i != 0.f;  // a NaN sum (NaN input) is "seen" too, so the NaN reaches o and lse
-    T* o_row = o_base + (first_row + r) * args.o.stride_token;
-    for (int c = lane; c < args.head_dim; c += kWarpSize) {
-      o_row[c] = from_float<T>(seen ? acc[r * Tiles::kLdO + c] / l_i : 0.f);
+    const float inverse = seen ? 1.f / l_i : 0.f;
+    T* o_row = o_base + (block.first_row + local_row[h]) * args.o.stride_token;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      const int column = dn * 8 + 2 * t;
+      if (column < args.head_dim) {
+        *reinterpret_cast<uint32_t*>(o_row + column) =
+            ptx::pack_pair<T>(acc[dn][2 * h] * inverse, acc[dn][2 * h + 1] * inverse);
+      }
     }
-    if (lane == 0) {
-      args.lse[stat_index(args, batch, head, int(first_row) + r)] =
-          seen ? (row_max[r] + log2f(l_i)) * kLn2 : -INFINITY;
+    if (t == 0) {
+      args.lse[stat_index(args, block.batch, block.head, int(block.first_row) + local_row[h])] =
+          seen ? (row_max[h] + log2f(l_i)) * kLn2 : -INFINITY;
     }
   }
+}
+
+template <typename T, int D>
+void launch_forward_on_tensor_cores(const ThoughtAttentionArgs& args) {
+  using Layout = TensorCoreForward<T, D>;
+  auto kernel = thought_attention_fwd_mma_kernel<T, D>;
+  allow_shared_memory(kernel, Layout::kBytes, "thought_attention_fwd_mma");
+  const int64_t grid_x = int64_t(ceil_div(args.prefix_len, Layout::kBlockM)) * args.batch * args.num_q_heads;
+  check_grid(grid_x, args.num_query_steps, "thought_attention_fwd_mma");
+  launch_kernel("thought_attention_fwd_mma", kernel, dim3(unsigned(grid_x), unsigned(args.num_query_steps)), kThreads,
+                Layout::kBytes, args.stream, args);
 }
 
 }  // namespace
 
 void launch_thought_attention_forward(const ThoughtAttentionArgs& args) {
+  if (!tensor_core_layout(args, false)) {
+    launch_thought_attention_forward_fma(args);
+    return;
+  }
   dispatch_kind(args.kind, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    dispatch_head_dim(args.head_dim, [&](auto head_dim) {
-      constexpr int D = decltype(head_dim)::value;
-      using Tiles = ForwardTiles<T, D>;
-      auto kernel = thought_attention_fwd_kernel<T, D>;
-      allow_shared_memory(kernel, Tiles::kBytes, "thought_attention_fwd");
-      const int64_t grid_x = int64_t(ceil_div(args.prefix_len, Tiles::kBlockM)) * args.batch * args.num_q_heads;
-      check_grid(grid_x, args.num_query_steps, "thought_attention_fwd");
-      launch_kernel("thought_attention_fwd", kernel, dim3(unsigned(grid_x), unsigned(args.num_query_steps)), kThreads,
-                    Tiles::kBytes, args.stream, args);
-    });
+    if constexpr (sizeof(T) == 2) {
+      dispatch_head_dim(args.head_dim, [&](auto head_dim) {
+        launch_forward_on_tensor_cores<T, decltype(head_dim)::value>(args);
+      });
+    }
   });
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "common.cuh"
 #include "launch.h"
@@ -71,6 +72,26 @@ template <typename T, int ROWS, int D>
 __device__ __forceinline__ void load_tokens(T* tile, int ld, const T* head, const Operand& x, int64_t first_token,
                                             int rows_in, int head_dim) {
   load_tile<T, ROWS, D>(tile, ld, head + first_token * x.stride_token, x.stride_token, rows_in, head_dim);
+}
+
+// Whether the tensor-core kernels can take these operands: 16-bit, head dim a multiple of 8 and every operand
+// 16-byte aligned in all its strides (cp.async copies whole 16-byte chunks). The rest take the FMA kernels.
+inline bool aligned_for_cp_async(const Operand& x) {
+  return reinterpret_cast<uintptr_t>(x.data) % 16 == 0 && x.stride_batch % 8 == 0 && x.stride_head % 8 == 0 &&
+         x.stride_token % 8 == 0;
+}
+
+inline bool tensor_core_layout(const ThoughtAttentionArgs& args, bool backward) {
+  if (args.kind == ScalarKind::kFloat32 || args.head_dim % 8 != 0) return false;
+  for (const Operand* x : {&args.q, &args.k, &args.v, &args.o}) {
+    if (!aligned_for_cp_async(*x)) return false;
+  }
+  if (backward) {
+    for (const Operand* x : {&args.grad_o, &args.grad_q, &args.grad_k, &args.grad_v}) {
+      if (!aligned_for_cp_async(*x)) return false;
+    }
+  }
+  return true;
 }
 
 // Row index of (batch, head, query row) in the (B, Hq, m * n) statistics.

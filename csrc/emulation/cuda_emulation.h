@@ -4,9 +4,8 @@
 // Compiled by a host C++ compiler with -DQUIETSTAR_EMULATION (tests/emulation/). Each block runs as blockDim.x
 // fibers (ucontext) on one OS thread, sharing a dynamic shared-memory buffer poisoned with NaN; a fiber runs until
 // it reaches __syncthreads, __syncwarp or a shuffle, which are barriers. Blocks run one after another, so
-// function-local `__shared__` arrays (static here) are per block. WMMA fragments hold the whole 16 x 16 tile and
-// lane 0 of the warp does the fragment's work: products of the rounded 16-bit inputs accumulated in fp32, as tensor
-// cores do (up to summation order).
+// function-local `__shared__` arrays (static here) are per block. The tensor-core instructions (mma.sync, ldmatrix,
+// cp.async) are emulated lane by lane in ptx_emulation.h.
 // What it cannot show: data races (the schedule is deterministic; compute-sanitizer racecheck on a GPU does that),
 // performance, and compile errors of device-only code (the nvcc build in CI covers those).
 #pragma once
@@ -213,76 +212,3 @@ T __shfl_xor_sync(unsigned, T value, int lane_mask) {
 inline uint32_t __umulhi(uint32_t a, uint32_t b) { return uint32_t((uint64_t(a) * uint64_t(b)) >> 32); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
-
-namespace nvcuda::wmma {
-
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-
-inline bool leader() { return threadIdx.x % ::quietstar_emulation::kWarpSize == 0; }
-
-// The whole 16 x 16 tile, element (row, column) at [row * 16 + column]; only lane 0's copy is used.
-template <typename Use, int M, int N, int K, typename T, typename Layout = void>
-struct fragment {
-  float x[16 * 16];
-};
-
-template <typename Use, typename T, typename Layout>
-void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, float value) {
-  if (leader()) std::fill(std::begin(f.x), std::end(f.x), value);
-}
-
-inline float element(float v) { return v; }
-inline float element(__half v) { return __half2float(v); }
-inline float element(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major>& f, const T* p, unsigned ldm) {
-  if (!leader()) return;
-  for (int i = 0; i < 16; ++i)
-    for (int k = 0; k < 16; ++k) f.x[i * 16 + k] = element(p[i * ldm + k]);
-}
-
-template <typename T, typename Layout>
-void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
-  if (!leader()) return;
-  constexpr bool column_major = std::is_same_v<Layout, col_major>;
-  for (int k = 0; k < 16; ++k)
-    for (int j = 0; j < 16; ++j) f.x[k * 16 + j] = element(column_major ? p[k + j * ldm] : p[k * ldm + j]);
-}
-
-inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm,
-                             layout_t layout) {
-  if (!leader()) return;
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j) f.x[i * 16 + j] = layout == mem_row_major ? p[i * ldm + j] : p[i + j * ldm];
-}
-
-inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
-                              layout_t layout) {
-  if (!leader()) return;
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j) (layout == mem_row_major ? p[i * ldm + j] : p[i + j * ldm]) = f.x[i * 16 + j];
-}
-
-template <typename T, typename LayoutB>
-void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, row_major>& a,
-              const fragment<matrix_b, 16, 16, 16, T, LayoutB>& b,
-              const fragment<accumulator, 16, 16, 16, float>& c) {
-  if (!leader()) return;
-  float out[16 * 16];
-  for (int i = 0; i < 16; ++i) {
-    for (int j = 0; j < 16; ++j) {
-      float sum = c.x[i * 16 + j];
-      for (int k = 0; k < 16; ++k) sum = std::fma(a.x[i * 16 + k], b.x[k * 16 + j], sum);
-      out[i * 16 + j] = sum;
-    }
-  }
-  std::copy(std::begin(out), std::end(out), d.x);
-}
-
-}  // namespace nvcuda::wmma

@@ -5,3 +5,4 @@
 #include "ops.cpp"
 #include "thought_attention_bwd.cu"
 #include "thought_attention_fwd.cu"
+#include "thought_attention_fwd_fma.cu"
