@@ -23,11 +23,12 @@ struct PaddedTile {
 };
 
 // Issues the cp.async copies of rows [0, rows_in) x columns [0, cols_in) of `src` (row stride `stride` elements;
-// `src` and `stride` 16-byte aligned, cols_in a multiple of 8) into `tile`; the rest of the tile becomes zeros.
-// The caller commits the group and waits for it before reading the tile.
+// `src` and `stride` 16-byte aligned, cols_in a multiple of 8) into `tile`; the rest of its first `rows` rows
+// becomes zeros. The caller commits the group and waits for it before reading the tile.
 template <typename Tile, typename T>
-__device__ __forceinline__ void cp_async_tile(T* tile, const T* src, int64_t stride, int rows_in, int cols_in) {
-  for (int chunk = threadIdx.x; chunk < Tile::kRows * Tile::kChunksPerRow; chunk += blockDim.x) {
+__device__ __forceinline__ void cp_async_tile(T* tile, const T* src, int64_t stride, int rows_in, int cols_in,
+                                              int rows = Tile::kRows) {
+  for (int chunk = threadIdx.x; chunk < rows * Tile::kChunksPerRow; chunk += blockDim.x) {
     const int row = chunk / Tile::kChunksPerRow;
     const int column = chunk % Tile::kChunksPerRow * 8;
     const bool valid = row < rows_in && column < cols_in;
@@ -51,6 +52,29 @@ __device__ __forceinline__ const T* x4_a_order(const T* tile, int row0, int col0
 template <typename Tile, typename T>
 __device__ __forceinline__ const T* x4_b_order(const T* tile, int row0, int col0, int lane) {
   return tile + (row0 + (lane / 16) * 8 + lane % 8) * Tile::kLd + col0 + ((lane / 8) % 2) * 8;
+}
+
+// The A fragments of the 16 rows from row0 of a tile, all COLS / 16 k-steps.
+template <typename Tile, typename T>
+__device__ __forceinline__ void load_a_fragments(uint32_t (&fragment)[Tile::kCols / 16][4], const T* tile, int row0,
+                                                 int lane) {
+#pragma unroll
+  for (int kk = 0; kk < Tile::kCols / 16; ++kk) ptx::ldmatrix_x4(fragment[kk], x4_a_order<Tile>(tile, row0, kk * 16, lane));
+}
+
+// The two-stage pipeline step before computing tile `index` of `count`: the copy of tile index + 1 goes in flight
+// (issued by `load(index + 1)` into the other stage, which the previous iteration finished with), tile `index`
+// lands, and the block waits until every thread's copies have.
+template <typename Load>
+__device__ __forceinline__ void next_pipeline_stage(int index, int count, Load&& load) {
+  if (index + 1 < count) {
+    load(index + 1);
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<1>();
+  } else {
+    ptx::cp_async_wait<0>();
+  }
+  __syncthreads();
 }
 
 }  // namespace quietstar

@@ -15,6 +15,7 @@
 // Inputs whose layout cp.async cannot copy (head dim not a multiple of 8, strides or pointers not 16-byte aligned)
 // and fp32 inputs go to the exact FMA kernel (thought_attention_fwd_fma.cu).
 #include "async_tile.cuh"
+#include "fragment_rows.cuh"
 #include "launch_utils.cuh"
 #include "thought_attention_mask.cuh"
 
@@ -30,21 +31,6 @@ struct TensorCoreForward {
   static constexpr int64_t kKvOffset = QTile::kBytes;  // then stage 0 K, stage 0 V, stage 1 K, stage 1 V
   static constexpr int64_t kBytes = QTile::kBytes + 4 * KvTile::kBytes;
 };
-
-// Which keys tile `index` of a block holds: its own-stream steps first, then the prefix tiles.
-struct KeyTile {
-  bool stream;
-  int64_t first_token;  // row of k/v (within the batch and head)
-  int start;            // stream: the block's first position; prefix: the first key position
-  int rows_in;
-};
-
-__device__ __forceinline__ KeyTile key_tile(int index, int step, int n, int block_start, int rows_in, int first_key,
-                                            int block_n) {
-  if (index < step) return KeyTile{true, int64_t(index + 1) * n + block_start, block_start, rows_in};
-  const int start = first_key + (index - step) * block_n;
-  return KeyTile{false, start, start, min(block_n, n - start)};
-}
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 2) thought_attention_fwd_mma_kernel(const ThoughtAttentionArgs args) {
@@ -95,42 +81,18 @@ __global__ void __launch_bounds__(kThreads, 2) thought_attention_fwd_mma_kernel(
   float row_sum[2] = {0.f, 0.f};
 
   for (int index = 0; index < num_tiles; ++index) {
-    if (index + 1 < num_tiles) {
-      load_tile_pair(index + 1);  // into the stage the previous iteration finished with
-      ptx::cp_async_commit();
-      ptx::cp_async_wait<1>();
-    } else {
-      ptx::cp_async_wait<0>();
-    }
-    __syncthreads();
-    if (index == 0) {
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) ptx::ldmatrix_x4(q_frag[kk], x4_a_order<QTile>(q_tile, warp * 16, kk * 16, lane));
-    }
+    next_pipeline_stage(index, num_tiles, load_tile_pair);
+    if (index == 0) load_a_fragments<QTile>(q_frag, q_tile, warp * 16, lane);
     const T* k_tile = k_stage(index % 2);
     const T* v_tile = v_stage(index % 2);
     const KeyTile tile = key_tile(index, step, n, block_start, rows_in, first_key, BN);
 
     if (tile.stream) {
-      // Row r's score is q_r . k_r: each lane dots the Q elements it holds with the same columns of K row r.
-      float dot[2] = {0.f, 0.f};
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int column = kk * 16 + half * 8 + 2 * t;
-            const float2 key = ptx::unpack_pair<T>(
-                *reinterpret_cast<const uint32_t*>(k_tile + local_row[h] * KvTile::kLd + column));
-            const float2 query = ptx::unpack_pair<T>(q_frag[kk][h + 2 * half]);
-            dot[h] = fmaf(query.x, key.x, fmaf(query.y, key.y, dot[h]));
-          }
-        }
-      }
+      // Row r's score is q_r . k_r, its value row v_r.
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float score = ptx::quad_sum(dot[h]) * scale_log2;
+        const T* key = k_tile + local_row[h] * KvTile::kLd;
+        const float score = ptx::quad_sum(fragment_row_dot<T, D>(q_frag, h, key, t)) * scale_log2;
         if (!row_real[h]) continue;
         const float m_new = fmaxf(row_max[h], score);
         const float alpha = exp2f(row_max[h] - m_new);
@@ -139,11 +101,10 @@ __global__ void __launch_bounds__(kThreads, 2) thought_attention_fwd_mma_kernel(
         row_sum[h] = row_sum[h] * alpha + p;
 #pragma unroll
         for (int dn = 0; dn < D / 8; ++dn) {
-          const float2 value = ptx::unpack_pair<T>(
-              *reinterpret_cast<const uint32_t*>(v_tile + local_row[h] * KvTile::kLd + dn * 8 + 2 * t));
-          acc[dn][2 * h] = fmaf(p, value.x, acc[dn][2 * h] * alpha);
-          acc[dn][2 * h + 1] = fmaf(p, value.y, acc[dn][2 * h + 1] * alpha);
+          acc[dn][2 * h] *= alpha;
+          acc[dn][2 * h + 1] *= alpha;
         }
+        accumulate_row<T, D>(acc, h, p, v_tile + local_row[h] * KvTile::kLd, t);
       }
     } else {
       float s[BN / 8][4] = {};
@@ -157,9 +118,7 @@ __global__ void __launch_bounds__(kThreads, 2) thought_attention_fwd_mma_kernel(
           ptx::mma_m16n8k16<T>(s[2 * j + 1], q_frag[kk], {b[2], b[3]});
         }
       }
-      // Tiles wholly below the diagonal, inside the window and the sequence, with no padding, need no mask.
-      const bool needs_mask = args.key_valid != nullptr || tile.start + BN - 1 > block_start || tile.start + BN > n ||
-                              (args.window != 0 && block_start + BM - 1 - tile.start >= args.window);
+      const bool needs_mask = !mask.sees_whole_tile(block_start, BM, tile.start, BN);
       float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int jt = 0; jt < BN / 8; ++jt) {
@@ -222,15 +181,8 @@ __global__ void __launch_bounds__(kThreads, 2) thought_attention_fwd_mma_kernel(
     const float l_i = row_sum[h];
     const bool seen = l_i != 0.f;  // a NaN sum (NaN input) is "seen" too, so the NaN reaches o and lse
     const float inverse = seen ? 1.f / l_i : 0.f;
-    T* o_row = o_base + (block.first_row + local_row[h]) * args.o.stride_token;
-#pragma unroll
-    for (int dn = 0; dn < D / 8; ++dn) {
-      const int column = dn * 8 + 2 * t;
-      if (column < args.head_dim) {
-        *reinterpret_cast<uint32_t*>(o_row + column) =
-            ptx::pack_pair<T>(acc[dn][2 * h] * inverse, acc[dn][2 * h + 1] * inverse);
-      }
-    }
+    store_row<T, D>(o_base + (block.first_row + local_row[h]) * args.o.stride_token, acc, h, inverse, args.head_dim,
+                    t);
     if (t == 0) {
       args.lse[stat_index(args, block.batch, block.head, int(block.first_row) + local_row[h])] =
           seen ? (row_max[h] + log2f(l_i)) * kLn2 : -INFINITY;

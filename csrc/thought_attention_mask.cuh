@@ -22,6 +22,12 @@ struct ThoughtMask {
   __device__ __forceinline__ bool prefix_visible(int i, int j) const {
     return j <= i && real(j) && (window == 0 || i - j < window);
   }
+  // Whether queries [row_start, row_start + rows) all see keys [key_start, key_start + keys): a tile wholly below
+  // the diagonal, inside the window and the sequence, with no padding; only other tiles evaluate the mask.
+  __device__ __forceinline__ bool sees_whole_tile(int row_start, int rows, int key_start, int keys) const {
+    return key_valid == nullptr && key_start + keys - 1 <= row_start && row_start + rows <= prefix_len &&
+           (window == 0 || row_start + rows - 1 - key_start < window);
+  }
   // Prefix key tiles [first, end) a block of queries [row_start, row_end) may see.
   __device__ __forceinline__ int first_key(int row_start, int block_n) const {
     return window == 0 ? 0 : max(row_start - window + 1, 0) / block_n * block_n;
@@ -60,6 +66,22 @@ struct QueryBlock {
   }
 };
 
+// The keys of tile `index` of a query block in the tensor-core kernels: the block's own-stream steps first (step
+// s is the contiguous rows s * n + block_start ..), then the prefix tiles from `first_key`.
+struct KeyTile {
+  bool stream;
+  int64_t first_token;  // row of k/v within the batch and head
+  int start;            // prefix tiles: the first key position
+  int rows_in;
+};
+
+__device__ __forceinline__ KeyTile key_tile(int index, int step, int n, int block_start, int rows_in, int first_key,
+                                            int block_n) {
+  if (index < step) return KeyTile{true, int64_t(index + 1) * n + block_start, block_start, rows_in};
+  const int start = first_key + (index - step) * block_n;
+  return KeyTile{false, start, start, min(block_n, n - start)};
+}
+
 // Base pointer of (batch, head) in an operand, with 64-bit offsets.
 template <typename T>
 __device__ __forceinline__ T* head_base(const Operand& x, int batch, int head) {
@@ -93,6 +115,10 @@ inline bool tensor_core_layout(const ThoughtAttentionArgs& args, bool backward) 
   }
   return true;
 }
+
+// A row's LSE in the form the backward's recomputation wants: log2 units, +inf for rows that see no key, so their
+// probabilities come out 0.
+__device__ __forceinline__ float lse_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * kLog2e; }
 
 // Row index of (batch, head, query row) in the (B, Hq, m * n) statistics.
 __device__ __forceinline__ int64_t stat_index(const ThoughtAttentionArgs& args, int batch, int head, int row) {

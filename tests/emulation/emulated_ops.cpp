@@ -4,5 +4,7 @@
 #include "linear_softmax.cu"
 #include "ops.cpp"
 #include "thought_attention_bwd.cu"
+#include "thought_attention_bwd_fma.cu"
+#include "thought_attention_bwd_mma.cu"
 #include "thought_attention_fwd.cu"
 #include "thought_attention_fwd_fma.cu"
