@@ -116,8 +116,8 @@ template <typename Kernel, typename Args>
 void launch_kernel(const char* name, Kernel kernel, dim3 grid, dim3 block, int64_t shared_bytes, cudaStream_t stream,
                    const Args& args) {
 #ifdef QUIETSTAR_EMULATION
-  (void)name;
   (void)stream;
+  ::quietstar_emulation::launch_log.emplace_back(name);
   ::quietstar_emulation::launch(kernel, grid, block, size_t(shared_bytes), args);
 #else
   kernel<<<grid, block, size_t(shared_bytes), stream>>>(args);

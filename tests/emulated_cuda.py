@@ -6,6 +6,7 @@ launch geometry, the op layer) against the reference before any GPU run.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import os
@@ -47,10 +48,27 @@ def _build_against_emulation(name: str, source: Path, is_python_module: bool) ->
 
 
 @functools.cache
+def _emulated_module():
+    return _build_against_emulation("quietstar_fast_emulated", ROOT / "tests" / "emulation" / "emulated_ops.cpp",
+                                    True)
+
+
 def emulated_ops():
     """torch.ops.quietstar_fast_emulated, building the emulation first."""
-    _build_against_emulation("quietstar_fast_emulated", ROOT / "tests" / "emulation" / "emulated_ops.cpp", True)
+    _emulated_module()
     return torch.ops.quietstar_fast_emulated
+
+
+def launched_kernels() -> list[str]:
+    """Names of the emulated kernels launched since the last call (which path the launchers chose)."""
+    library = ctypes.CDLL(_emulated_module().__file__)
+    capacity = 1 << 16
+    while True:
+        buffer = ctypes.create_string_buffer(capacity)
+        length = library.quietstar_emulation_launches(buffer, capacity)
+        if length <= capacity:
+            return buffer.raw[:length].decode().split()
+        capacity = length
 
 
 @functools.cache

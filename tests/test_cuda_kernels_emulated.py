@@ -97,3 +97,40 @@ def test_quietstar_fast_step_reproduces_the_official_code(emulated):
     import test_quietstar as quietstar_tests
 
     quietstar_tests._check_against_official("nonzero", "fast", "cuda", device=CPU)
+
+
+_TENSOR_CORE_KERNELS = {"thought_attention_fwd_mma", "thought_attention_bwd_dq_mma",
+                        "thought_attention_bwd_prefix_dkdv_mma"}
+_FMA_KERNELS = {"thought_attention_fwd_fma", "thought_attention_bwd_dq_fma", "thought_attention_bwd_prefix_dkdv_fma"}
+
+
+def _attention_kernels_launched(dtype: torch.dtype, head_dim: int, misaligned: bool) -> set[str]:
+    """The kernels one forward + backward of a small problem launches."""
+    from emulated_cuda import launched_kernels
+    from quietstar_fast import thought_attention
+
+    problem = attention_tests.make_problem(attention_tests.Case(1, 2, 1, 21, 2, 1, head_dim, "right"), dtype, CPU)
+    q, k, v = problem.q, problem.k, problem.v
+    if misaligned:  # one element past a 16-byte boundary: cp.async cannot copy these rows
+        q = torch.cat([q.new_zeros(*q.shape[:-1], 1), q], -1)[..., 1:]
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    launched_kernels()
+    out = thought_attention(q, k, v, prefix_len=21, key_padding_mask=problem.mask, impl="cuda")
+    out.float().square().sum().backward()
+    return set(launched_kernels())
+
+
+@pytest.mark.parametrize("dtype, head_dim, misaligned, tensor_cores", [
+    (torch.float16, 64, False, True), (torch.bfloat16, 80, False, True), (torch.float16, 20, False, False),
+    (torch.bfloat16, 64, True, False), (torch.float32, 64, False, False)], ids=str)
+def test_launchers_take_tensor_cores_where_cp_async_can_copy(dtype, head_dim, misaligned, tensor_cores, emulated):
+    launched = _attention_kernels_launched(dtype, head_dim, misaligned)
+    assert launched >= (_TENSOR_CORE_KERNELS if tensor_cores else _FMA_KERNELS)
+    assert not launched & (_FMA_KERNELS if tensor_cores else _TENSOR_CORE_KERNELS)
+    assert {"thought_attention_bwd_preprocess", "thought_attention_bwd_stream_dkdv"} <= launched
+
+
+def test_attention_16bit_on_the_fma_path(emulated):
+    # A head dim that is not a multiple of 8 takes the exact CUDA-core kernels; they must hold the same rule.
+    attention_tests._check_against_reference(attention_tests.Case(2, 4, 2, 37, 3, 2, 20, "right", window=16),
+                                             torch.bfloat16, "cuda", CPU)

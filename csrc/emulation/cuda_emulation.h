@@ -96,6 +96,9 @@ struct Block {
 // The block being run; everything runs on the calling OS thread.
 inline Block* current = nullptr;
 
+// Names of the kernels launched since the tests last read them (which path a call took).
+inline std::vector<std::string> launch_log;
+
 inline Fiber& this_fiber() { return current->fibers[current->running]; }
 
 inline void yield_to_scheduler() { swapcontext(&this_fiber().context, &current->scheduler); }
