@@ -41,9 +41,10 @@ void launch_thought_attention_forward(const ThoughtAttentionArgs& args);
 // The exact CUDA-core path the launcher above takes for fp32 and for layouts cp.async cannot copy.
 void launch_thought_attention_forward_fma(const ThoughtAttentionArgs& args);
 void launch_thought_attention_backward(const ThoughtAttentionArgs& args);
-// The dQ and prefix dK/dV kernels of the backward, on tensor cores or on CUDA cores (the exact path).
-void launch_thought_attention_backward_mma_gemms(const ThoughtAttentionArgs& args);
-void launch_thought_attention_backward_fma_gemms(const ThoughtAttentionArgs& args);
+// The dQ, prefix dK/dV and stream dK/dV kernels after the preprocess, on tensor cores or on CUDA cores (the
+// exact path).
+void launch_thought_attention_backward_mma(const ThoughtAttentionArgs& args);
+void launch_thought_attention_backward_fma(const ThoughtAttentionArgs& args);
 
 struct LinearSoftmaxArgs {
   ScalarKind kind = ScalarKind::kFloat32;

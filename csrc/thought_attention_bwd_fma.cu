@@ -1,10 +1,11 @@
-// Backward GEMM kernels of thought-aware attention on CUDA cores: the exact path for fp32 inputs and for 16-bit
+// Backward kernels of thought-aware attention on CUDA cores: the exact path for fp32 inputs and for 16-bit
 // inputs whose layout cp.async cannot copy (see thought_attention_bwd.cu for the whole backward). Deterministic (no
 // atomics); probabilities recomputed from the LSE.
 //
 //   dq           one block per query block: own stream keys row-wise, prefix tiles dS K as FFMA GEMMs
 //   prefix dk/dv one block per prefix key block and kv head: loops over the group's query heads, the query steps
 //                and the query blocks at or below the diagonal (and inside the window)
+//   stream dk/dv one warp per stream key (s, i): its only queries are position i's own at steps r >= s
 #include "common.cuh"
 #include "launch_utils.cuh"
 #include "thought_attention_mask.cuh"
@@ -246,9 +247,80 @@ __global__ void __launch_bounds__(kThreads) thought_attention_bwd_prefix_dkdv_fm
   }
 }
 
+constexpr int kStreamRowsPerBlock = 16;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) thought_attention_bwd_stream_dkdv_fma_kernel(const ThoughtAttentionArgs args) {
+  const int n = args.prefix_len;
+  const int num_blocks = ceil_div(n, kStreamRowsPerBlock);
+  const int batch_head = blockIdx.x / num_blocks;
+  const int batch = batch_head / args.num_kv_heads;
+  const int kv_head = batch_head % args.num_kv_heads;
+  const int group_size = args.num_q_heads / args.num_kv_heads;
+  const int stream_step = 1 + blockIdx.y;
+  const int first_query_step = args.num_stream_steps + 1 - args.num_query_steps;
+  const int lane = threadIdx.x % kWarpSize;
+  const float scale_log2 = args.softmax_scale * kLog2e;
+  const ThoughtMask mask = make_mask(args, batch);
+  const int64_t key_row = int64_t(stream_step) * n;
+
+  for (int r = threadIdx.x / kWarpSize; r < kStreamRowsPerBlock; r += kWarps) {
+    const int i = int(blockIdx.x % num_blocks) * kStreamRowsPerBlock + r;
+    if (i >= n) break;
+    const T* k_row = head_base<const T>(args.k, batch, kv_head) + (key_row + i) * args.k.stride_token;
+    const T* v_row = head_base<const T>(args.v, batch, kv_head) + (key_row + i) * args.v.stride_token;
+    float k_reg[D / kWarpSize], v_reg[D / kWarpSize], dk[D / kWarpSize] = {}, dv[D / kWarpSize] = {};
+#pragma unroll
+    for (int t = 0; t < D / kWarpSize; ++t) {
+      const int c = lane + t * kWarpSize;
+      k_reg[t] = c < args.head_dim ? to_float(k_row[c]) : 0.f;
+      v_reg[t] = c < args.head_dim ? to_float(v_row[c]) : 0.f;
+    }
+    // Key (s, i) is visible only to position i's own queries at steps r >= s, and only if i is a real token.
+    const int first_step = mask.real(i) ? max(stream_step, first_query_step) : args.num_stream_steps + 1;
+    for (int g = 0; g < group_size; ++g) {
+      const int head = kv_head * group_size + g;
+      for (int query_step = first_step; query_step <= args.num_stream_steps; ++query_step) {
+        const int query = (query_step - first_query_step) * n + i;
+        const T* q_row = head_base<const T>(args.q, batch, head) + int64_t(query) * args.q.stride_token;
+        const T* grad_o_row = head_base<const T>(args.grad_o, batch, head) + int64_t(query) * args.grad_o.stride_token;
+        float q_reg[D / kWarpSize], grad_o_reg[D / kWarpSize];
+        float qk = 0.f;
+        float dp = 0.f;
+#pragma unroll
+        for (int t = 0; t < D / kWarpSize; ++t) {
+          const int c = lane + t * kWarpSize;
+          q_reg[t] = c < args.head_dim ? to_float(q_row[c]) : 0.f;
+          grad_o_reg[t] = c < args.head_dim ? to_float(grad_o_row[c]) : 0.f;
+          qk = fmaf(q_reg[t], k_reg[t], qk);
+          dp = fmaf(grad_o_reg[t], v_reg[t], dp);
+        }
+        const int64_t stat = stat_index(args, batch, head, query);
+        const float p = exp2f(warp_sum(qk) * scale_log2 - lse_log2(args.lse[stat]));
+        const float ds = p * (warp_sum(dp) - args.delta[stat]);
+#pragma unroll
+        for (int t = 0; t < D / kWarpSize; ++t) {
+          dv[t] = fmaf(p, grad_o_reg[t], dv[t]);
+          dk[t] = fmaf(ds, q_reg[t], dk[t]);
+        }
+      }
+    }
+    T* dk_row = head_base<T>(args.grad_k, batch, kv_head) + (key_row + i) * args.grad_k.stride_token;
+    T* dv_row = head_base<T>(args.grad_v, batch, kv_head) + (key_row + i) * args.grad_v.stride_token;
+#pragma unroll
+    for (int t = 0; t < D / kWarpSize; ++t) {
+      const int c = lane + t * kWarpSize;
+      if (c < args.head_dim) {
+        dk_row[c] = from_float<T>(dk[t] * args.softmax_scale);
+        dv_row[c] = from_float<T>(dv[t]);
+      }
+    }
+  }
+}
+
 }  // namespace
 
-void launch_thought_attention_backward_fma_gemms(const ThoughtAttentionArgs& args) {
+void launch_thought_attention_backward_fma(const ThoughtAttentionArgs& args) {
   dispatch_kind(args.kind, [&](auto tag) {
     using T = typename decltype(tag)::type;
     dispatch_head_dim(args.head_dim, [&](auto head_dim) {
@@ -269,6 +341,13 @@ void launch_thought_attention_backward_fma_gemms(const ThoughtAttentionArgs& arg
       check_grid(prefix_blocks, 1, "thought_attention_bwd_prefix_dkdv_fma");
       launch_kernel("thought_attention_bwd_prefix_dkdv_fma", prefix_kernel, unsigned(prefix_blocks), kThreads,
                     Prefix::kBytes, args.stream, args);
+
+      if (args.num_stream_steps > 0) {
+        const int64_t stream_blocks = int64_t(ceil_div(n, kStreamRowsPerBlock)) * args.batch * args.num_kv_heads;
+        check_grid(stream_blocks, args.num_stream_steps, "thought_attention_bwd_stream_dkdv_fma");
+        launch_kernel("thought_attention_bwd_stream_dkdv_fma", thought_attention_bwd_stream_dkdv_fma_kernel<T, D>,
+                      dim3(unsigned(stream_blocks), unsigned(args.num_stream_steps)), kThreads, 0, args.stream, args);
+      }
     });
   });
 }

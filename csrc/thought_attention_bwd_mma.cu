@@ -1,4 +1,4 @@
-// Backward GEMM kernels of thought-aware attention on tensor cores, in the FlashAttention-2 design (see
+// Backward kernels of thought-aware attention on tensor cores, in the FlashAttention-2 design (see
 // thought_attention_bwd.cu for the whole backward). Probabilities are recomputed from the LSE in registers;
 // dS is rounded to 16 bits in registers and fed to the next mma as its A operand. dQ has its own pass (no atomics),
 // so the backward is deterministic.
@@ -10,6 +10,10 @@
 //                 head of the group, every query step, the blocks at or below the diagonal and inside the window)
 //                 double-buffered with cp.async; S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q, dK and dV
 //                 in registers.
+//   stream dk/dv  one block per (64 consecutive positions, stream step s, batch * kv head): keys (s, i) and their
+//                 only queries, position i's own at steps r >= s, are contiguous row tiles (the query tiles for every
+//                 head of the group and step double-buffered with cp.async); the work is row-wise, in the fragment
+//                 layout, with dK and dV in registers.
 #include "async_tile.cuh"
 #include "fragment_rows.cuh"
 #include "launch_utils.cuh"
@@ -317,7 +321,104 @@ __global__ void __launch_bounds__(kThreads, 2)
 }
 
 template <typename T, int D>
-void launch_gemms(const ThoughtAttentionArgs& args) {
+struct StreamDkDv {
+  static constexpr int kBlockRows = 64;  // stream keys (s, i) of consecutive positions i
+  using Tile = PaddedTile<T, kBlockRows, D>;
+  // K, V, then per stage the matching query rows: q, grad_o.
+  static constexpr int64_t kBytes = 6 * Tile::kBytes;
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 2)
+    thought_attention_bwd_stream_dkdv_mma_kernel(const ThoughtAttentionArgs args) {
+  using Layout = StreamDkDv<T, D>;
+  using Tile = typename Layout::Tile;
+  constexpr int BR = Layout::kBlockRows;
+  constexpr int kTileElements = int(Tile::kBytes / 2);
+  QUIETSTAR_DYNAMIC_SMEM(smem);
+  T* k_tile = reinterpret_cast<T*>(smem);
+  T* v_tile = k_tile + kTileElements;
+  auto q_stage = [&](int stage) { return k_tile + (2 + 2 * stage) * kTileElements; };
+  auto grad_o_stage = [&](int stage) { return q_stage(stage) + kTileElements; };
+
+  const int n = args.prefix_len;
+  const int num_blocks = ceil_div(n, BR);
+  const int block_start = int(blockIdx.x % num_blocks) * BR;
+  const int batch_head = blockIdx.x / num_blocks;
+  const int batch = batch_head / args.num_kv_heads;
+  const int kv_head = batch_head % args.num_kv_heads;
+  const int group_size = args.num_q_heads / args.num_kv_heads;
+  const int rows_in = min(BR, n - block_start);
+  const int stream_step = 1 + blockIdx.y;
+  const int first_query_step = args.num_stream_steps + 1 - args.num_query_steps;
+  const int first_step = max(stream_step, first_query_step);  // key (s, i) is seen by i's queries at steps >= s
+  const int steps_seen = args.num_stream_steps + 1 - first_step;
+  const int num_tiles = group_size * max(steps_seen, 0);
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int t = lane % 4;
+  const float scale_log2 = args.softmax_scale * kLog2e;
+  const ThoughtMask mask = make_mask(args, batch);
+  const int64_t first_key_token = int64_t(stream_step) * n + block_start;
+
+  // Tile `index`: the block's rows of query head kv_head * group_size + index / steps_seen at step
+  // first_step + index % steps_seen, contiguous rows like the keys.
+  auto query_head = [&](int index) { return kv_head * group_size + index / steps_seen; };
+  auto first_query_row = [&](int index) {
+    return int64_t(first_step + index % steps_seen - first_query_step) * n + block_start;
+  };
+  auto load_query_tile = [&](int index) {
+    const int head = query_head(index);
+    const int64_t row = first_query_row(index);
+    cp_async_tile<Tile>(q_stage(index % 2), head_base<const T>(args.q, batch, head) + row * args.q.stride_token,
+                        args.q.stride_token, rows_in, args.head_dim);
+    cp_async_tile<Tile>(grad_o_stage(index % 2), head_base<const T>(args.grad_o, batch, head) +
+                                                     row * args.grad_o.stride_token,
+                        args.grad_o.stride_token, rows_in, args.head_dim);
+  };
+  const int local_row[2] = {warp * 16 + lane / 4, warp * 16 + lane / 4 + 8};
+  float grad_k[D / 8][4] = {}, grad_v[D / 8][4] = {};
+  if (num_tiles > 0) {
+    cp_async_tile<Tile>(k_tile, head_base<const T>(args.k, batch, kv_head) + first_key_token * args.k.stride_token,
+                        args.k.stride_token, rows_in, args.head_dim);
+    cp_async_tile<Tile>(v_tile, head_base<const T>(args.v, batch, kv_head) + first_key_token * args.v.stride_token,
+                        args.v.stride_token, rows_in, args.head_dim);
+    load_query_tile(0);
+    ptx::cp_async_commit();
+  }
+  for (int index = 0; index < num_tiles; ++index) {
+    next_pipeline_stage(index, num_tiles, load_query_tile);
+    const int head = query_head(index);
+    const int64_t first_row = first_query_row(index);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = local_row[h];
+      const T* query = q_stage(index % 2) + r * Tile::kLd;
+      const T* grad_o = grad_o_stage(index % 2) + r * Tile::kLd;
+      const float qk = ptx::quad_sum(shared_row_dot<T, D>(query, k_tile + r * Tile::kLd, t));
+      const float dp = ptx::quad_sum(shared_row_dot<T, D>(grad_o, v_tile + r * Tile::kLd, t));
+      if (r >= rows_in || !mask.real(block_start + r)) continue;
+      const int64_t stat = stat_index(args, batch, head, int(first_row) + r);
+      const float p = exp2f(qk * scale_log2 - lse_log2(args.lse[stat]));
+      accumulate_row<T, D>(grad_v, h, p, grad_o, t);
+      accumulate_row<T, D>(grad_k, h, p * (dp - args.delta[stat]), query, t);
+    }
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
+  }
+
+  T* grad_k_base = head_base<T>(args.grad_k, batch, kv_head);
+  T* grad_v_base = head_base<T>(args.grad_v, batch, kv_head);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (local_row[h] >= rows_in) continue;
+    const int64_t token = (first_key_token + local_row[h]) * args.grad_k.stride_token;
+    store_row<T, D>(grad_k_base + token, grad_k, h, args.softmax_scale, args.head_dim, t);
+    store_row<T, D>(grad_v_base + token, grad_v, h, 1.f, args.head_dim, t);
+  }
+}
+
+template <typename T, int D>
+void launch_backward(const ThoughtAttentionArgs& args) {
   const int n = args.prefix_len;
   using Dq = TensorCoreDq<T, D>;
   auto dq_kernel = thought_attention_bwd_dq_mma_kernel<T, D>;
@@ -334,15 +435,26 @@ void launch_gemms(const ThoughtAttentionArgs& args) {
   check_grid(dkdv_blocks, 1, "thought_attention_bwd_prefix_dkdv_mma");
   launch_kernel("thought_attention_bwd_prefix_dkdv_mma", dkdv_kernel, unsigned(dkdv_blocks), kThreads, DkDv::kBytes,
                 args.stream, args);
+
+  if (args.num_stream_steps > 0) {
+    using Stream = StreamDkDv<T, D>;
+    auto stream_kernel = thought_attention_bwd_stream_dkdv_mma_kernel<T, D>;
+    allow_shared_memory(stream_kernel, Stream::kBytes, "thought_attention_bwd_stream_dkdv_mma");
+    const int64_t stream_blocks = int64_t(ceil_div(n, Stream::kBlockRows)) * args.batch * args.num_kv_heads;
+    check_grid(stream_blocks, args.num_stream_steps, "thought_attention_bwd_stream_dkdv_mma");
+    launch_kernel("thought_attention_bwd_stream_dkdv_mma", stream_kernel,
+                  dim3(unsigned(stream_blocks), unsigned(args.num_stream_steps)), kThreads, Stream::kBytes,
+                  args.stream, args);
+  }
 }
 
 }  // namespace
 
-void launch_thought_attention_backward_mma_gemms(const ThoughtAttentionArgs& args) {
+void launch_thought_attention_backward_mma(const ThoughtAttentionArgs& args) {
   dispatch_kind(args.kind, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (sizeof(T) == 2) {
-      dispatch_head_dim(args.head_dim, [&](auto head_dim) { launch_gemms<T, decltype(head_dim)::value>(args); });
+      dispatch_head_dim(args.head_dim, [&](auto head_dim) { launch_backward<T, decltype(head_dim)::value>(args); });
     }
   });
 }

@@ -100,8 +100,9 @@ def test_quietstar_fast_step_reproduces_the_official_code(emulated):
 
 
 _TENSOR_CORE_KERNELS = {"thought_attention_fwd_mma", "thought_attention_bwd_dq_mma",
-                        "thought_attention_bwd_prefix_dkdv_mma"}
-_FMA_KERNELS = {"thought_attention_fwd_fma", "thought_attention_bwd_dq_fma", "thought_attention_bwd_prefix_dkdv_fma"}
+                        "thought_attention_bwd_prefix_dkdv_mma", "thought_attention_bwd_stream_dkdv_mma"}
+_FMA_KERNELS = {"thought_attention_fwd_fma", "thought_attention_bwd_dq_fma", "thought_attention_bwd_prefix_dkdv_fma",
+                "thought_attention_bwd_stream_dkdv_fma"}
 
 
 def _attention_kernels_launched(dtype: torch.dtype, head_dim: int, misaligned: bool) -> set[str]:
@@ -127,7 +128,7 @@ def test_launchers_take_tensor_cores_where_cp_async_can_copy(dtype, head_dim, mi
     launched = _attention_kernels_launched(dtype, head_dim, misaligned)
     assert launched >= (_TENSOR_CORE_KERNELS if tensor_cores else _FMA_KERNELS)
     assert not launched & (_FMA_KERNELS if tensor_cores else _TENSOR_CORE_KERNELS)
-    assert {"thought_attention_bwd_preprocess", "thought_attention_bwd_stream_dkdv"} <= launched
+    assert "thought_attention_bwd_preprocess" in launched
 
 
 def test_attention_16bit_on_the_fma_path(emulated):
