@@ -51,6 +51,18 @@ void dispatch_head_dim(int head_dim, Body&& body) {
   }
 }
 
+// The tensor-core kernels' head dims: D = 64, 96 (80 and 96, as in Phi) or 128; D must be a multiple of 16.
+template <typename Body>
+void dispatch_mma_head_dim(int head_dim, Body&& body) {
+  if (head_dim <= 64) {
+    body(std::integral_constant<int, 64>{});
+  } else if (head_dim <= 96) {
+    body(std::integral_constant<int, 96>{});
+  } else {
+    dispatch_head_dim(head_dim, body);
+  }
+}
+
 #ifndef QUIETSTAR_EMULATION
 inline void check_cuda(cudaError_t status, const char* what) {
   if (status != cudaSuccess) {

@@ -454,7 +454,7 @@ void launch_thought_attention_backward_mma(const ThoughtAttentionArgs& args) {
   dispatch_kind(args.kind, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (sizeof(T) == 2) {
-      dispatch_head_dim(args.head_dim, [&](auto head_dim) { launch_backward<T, decltype(head_dim)::value>(args); });
+      dispatch_mma_head_dim(args.head_dim, [&](auto head_dim) { launch_backward<T, decltype(head_dim)::value>(args); });
     }
   });
 }

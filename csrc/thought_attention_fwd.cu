@@ -211,7 +211,7 @@ void launch_thought_attention_forward(const ThoughtAttentionArgs& args) {
   dispatch_kind(args.kind, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (sizeof(T) == 2) {
-      dispatch_head_dim(args.head_dim, [&](auto head_dim) {
+      dispatch_mma_head_dim(args.head_dim, [&](auto head_dim) {
         launch_forward_on_tensor_cores<T, decltype(head_dim)::value>(args);
       });
     }
