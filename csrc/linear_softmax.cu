@@ -101,8 +101,10 @@ __device__ void ffma_logit_tile(const LinearSoftmaxArgs& args, char* smem, int r
 template <typename T>
 __device__ __forceinline__ bool rows_allow_cp_async(const LinearSoftmaxArgs& args) {
   constexpr int kVector = 16 / sizeof(T);
-  return args.hidden % kVector == 0 && args.stride_hidden % kVector == 0 && args.stride_weight % kVector == 0 &&
-         reinterpret_cast<uintptr_t>(args.hidden_states) % 16 == 0 && reinterpret_cast<uintptr_t>(args.weight) % 16 == 0;
+  const bool pointers_aligned =
+      reinterpret_cast<uintptr_t>(args.hidden_states) % 16 == 0 && reinterpret_cast<uintptr_t>(args.weight) % 16 == 0;
+  return pointers_aligned && args.hidden % kVector == 0 && args.stride_hidden % kVector == 0 &&
+         args.stride_weight % kVector == 0;
 }
 
 // fp16/bf16: the same z on tensor cores (see the header comment for the pipeline).
