@@ -90,6 +90,62 @@ def test_vocabulary_slices_are_merged(emulated):
     torch.testing.assert_close(picked.double(), logits.gather(1, targets[:, None]).squeeze(1), rtol=1e-5, atol=1e-5)
 
 
+
+def _lm_head_operands(layout: str, dtype: torch.dtype, rows: int = 70, hidden: int = 136, vocab: int = 300):
+    """hidden (rows, D) and weight (vocab, D) in ``layout``: "contiguous"; "misaligned_pointer" (both start one
+    element into their storage, as a row slice of an odd-width tensor does); "padded_rows" (row stride D + 5);
+    "odd_hidden" (contiguous, D not a multiple of 8). The 16-bit kernels copy chunks with cp.async only when every
+    row is 16-byte aligned, so all but "contiguous" take the synchronous loads."""
+    if layout == "odd_hidden":
+        hidden -= 3
+    generator = torch.Generator().manual_seed(1)
+
+    def make(n):
+        values = torch.randn(n, hidden, generator=generator) / hidden**0.25
+        if layout == "misaligned_pointer":
+            storage = torch.empty(n * hidden + 1, dtype=dtype)
+            storage[1:] = values.flatten().to(dtype)
+            return storage[1:].view(n, hidden)
+        if layout == "padded_rows":
+            wide = torch.zeros(n, hidden + 5, dtype=dtype)
+            wide[:, :hidden] = values.to(dtype)
+            return wide[:, :hidden]
+        return values.to(dtype)
+
+    return make(rows), make(vocab)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "misaligned_pointer", "padded_rows", "odd_hidden"])
+def test_lm_head_kernels_take_any_row_alignment(layout, dtype, emulated):
+    """Forward statistics and the logit gradient over several hidden chunks (D = 136 or 133 with 64-wide chunks, a
+    partial last chunk, a partial row block and vocabulary tile), for layouts cp.async cannot copy: against the fp64
+    logits of the same rounded inputs, and bit for bit the contiguous layout's results where D is the same."""
+    from emulated_cuda import emulated_ops
+
+    ops, inv_t = emulated_ops(), 0.5
+    hidden, weight = _lm_head_operands(layout, dtype)
+    targets = torch.randint(0, weight.shape[0], (hidden.shape[0],), generator=torch.Generator().manual_seed(2))
+    coef = torch.linspace(-1, 2, hidden.shape[0])
+    lse, picked, _ = ops.linear_softmax_fwd(hidden, weight, targets, None, None, None, inv_t, 1.0)
+    grad = ops.linear_softmax_grad(hidden, weight, lse, targets, coef, None, inv_t)
+
+    logits = hidden.double() @ weight.double().T
+    expected_lse = torch.logsumexp(logits * inv_t, -1)
+    torch.testing.assert_close(lse.double(), expected_lse, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(picked.double(), logits.gather(1, targets[:, None]).squeeze(1), rtol=1e-5, atol=1e-5)
+    probs = torch.softmax(logits * inv_t, -1)
+    expected_grad = coef.double()[:, None] * inv_t * (probs - torch.nn.functional.one_hot(targets, logits.shape[1]))
+    rounding = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=rounding, atol=1e-6)
+
+    if layout != "odd_hidden":
+        hidden_c, weight_c = _lm_head_operands("contiguous", dtype)
+        assert torch.equal(hidden_c, hidden) and torch.equal(weight_c, weight)
+        lse_c, picked_c, _ = ops.linear_softmax_fwd(hidden_c, weight_c, targets, None, None, None, inv_t, 1.0)
+        grad_c = ops.linear_softmax_grad(hidden_c, weight_c, lse_c, targets, coef, None, inv_t)
+        assert torch.equal(lse, lse_c) and torch.equal(picked, picked_c) and torch.equal(grad, grad_c)
+
 def test_quietstar_fast_step_reproduces_the_official_code(emulated):
     """The whole training step with kernel_impl="cuda": the thought attention inside the HF model and the fused
     LM-head ops, against the official implementation's numbers."""
