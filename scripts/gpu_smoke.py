@@ -37,6 +37,8 @@ SHAPES = {
             Case(2, 8, 8, 256, 4, 1, 128),  # no padding: sdpa's plain causal path
             Case(2, 4, 4, 200, 3, 4, 64, "left", window=64),  # m = a + 1 (prefix queries too), rows with no key
             Case(1, 6, 3, 129, 12, 2, 64, "holes"),  # two talk-like query steps, holed padding, n just past a tile
+            Case(1, 4, 2, 150, 3, 2, 80, "right"),  # d = 80 (Phi): the d = 96 tensor-core instantiation
+            Case(1, 2, 1, 70, 2, 1, 20),  # d not a multiple of 8: 16-bit inputs on the CUDA-core path
         ],
         "ce": [LossCase(1000, 1024, 32000, "random", 0.1), LossCase(257, 512, 50257, None, 0.2)],
         "sample": [(300, 512, 32001), (64, 256, 4099)],

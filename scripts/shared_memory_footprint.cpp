@@ -49,5 +49,10 @@ int main() {
   print_fma<ForwardTiles>("thought_attention_fwd_fma");
   print_fma<DqTiles>("thought_attention_bwd_dq_fma");
   print_fma<PrefixDkDvTiles>("thought_attention_bwd_prefix_dkdv_fma");
+  for (const char* kernel : {"linear_softmax_fwd", "linear_softmax_grad"}) {  // one layout serves both
+    std::printf("%s,float32,,%lld\n", kernel, static_cast<long long>(LogitTiles<float>::bytes()));
+    std::printf("%s,float16,,%lld\n", kernel, static_cast<long long>(LogitTiles<__half>::bytes()));
+    std::printf("%s,bfloat16,,%lld\n", kernel, static_cast<long long>(LogitTiles<__nv_bfloat16>::bytes()));
+  }
   return 0;
 }

@@ -5,8 +5,15 @@ benchmarks/results/static_sm90.csv.
 Triton: every launchable configuration compiled for sm_90 with the JIT's production specialisation
 (``quietstar_fast.kernels.aot``, in two processes). CUDA: each ``csrc/*.cu`` compiled with nvcc for sm_90a and
 ``-Xptxas -v`` (registers, stack frame, spill stores), its SASS counted with cuobjdump (HMMA/HGMMA tensor-core
-instructions, LDSM ldmatrix, LDGSTS cp.async, LDL/STL local memory), its thread count from the PTX ``.maxntid``.
-Dynamic shared memory of the CUDA kernels is sized at launch, so their ``shared_bytes`` is the static part only.
+instructions, LDSM ldmatrix, LDGSTS cp.async, LDL/STL local memory), its thread count from the PTX ``.maxntid``;
+compiled again for sm_80 (registers and spills there go to the notes, a spill there breaks the rule too). The
+dynamic shared memory each instantiation asks for at launch comes from the kernels' own layout structs
+(``scripts/shared_memory_footprint.cpp``, built as host C++ against the emulation headers); with the registers it
+gives the blocks per SM on an H100 (228 KiB shared memory and 64 Ki registers per SM, 1 KiB reserved per block).
+
+Rules for CUDA kernels: no spills or local memory except KNOWN_CUDA_SPILLS; every 16-bit tensor-core GEMM kernel
+shows HMMA, LDSM and LDGSTS in its SASS (the stream dK/dV kernel, row-wise, LDGSTS); every tensor-core kernel fits
+at least 2 blocks per SM on an H100.
 
     python scripts/static_sm90.py                 # writes the CSV
     python scripts/static_sm90.py --check         # also exits 1 if any kernel breaks a rule (see kernels/aot.py)
@@ -26,15 +33,20 @@ from quietstar_fast.cuda_toolkit import find_cuda_toolkit
 from quietstar_fast.kernels.aot import cuobjdump_path
 
 ROOT = Path(__file__).resolve().parent.parent
-COLUMNS = ["backend", "kernel", "config", "dtype", "head_dim", "registers", "spill_bytes", "shared_bytes", "threads",
-           "mma", "notes", "violations"]
+COLUMNS = ["backend", "kernel", "config", "dtype", "head_dim", "registers", "spill_bytes", "shared_bytes",
+           "dynamic_shared_bytes", "blocks_per_sm_h100", "threads", "mma", "notes", "violations"]
 CUDA_ARCH = "90a"
+SECOND_ARCH = "80"
 _SASS_COUNTS = ("HGMMA", "HMMA", "LDSM", "LDGSTS", "LDL", "STL")
-# CUDA instantiations with a few spilled bytes, measured with nvcc 13.0 on 2026-11-30: the scalar fp32/fp16 tile
-# path of the WMMA-era forward kernel (8-24 B per thread at 40-48 registers), which issue 14 replaces. Any other
-# spill fails.
-KNOWN_CUDA_SPILLS = {("thought_attention_fwd", "float16", 128), ("thought_attention_fwd", "float32", 64),
-                     ("thought_attention_fwd", "float32", 128)}
+# CUDA instantiations with a few spilled bytes, measured with nvcc 13.0: the fp32 CUDA-core forward (24 B per
+# thread at 40 registers). Any other spill fails.
+KNOWN_CUDA_SPILLS = {("thought_attention_fwd_fma", "float32", 64), ("thought_attention_fwd_fma", "float32", 128)}
+TENSOR_CORE_GEMMS = {"thought_attention_fwd_mma", "thought_attention_bwd_dq_mma",
+                     "thought_attention_bwd_prefix_dkdv_mma", "linear_softmax_fwd", "linear_softmax_grad"}
+TENSOR_CORE_ROW_WISE = {"thought_attention_bwd_stream_dkdv_mma"}
+H100_SHARED_PER_SM = 228 * 1024
+H100_RESERVED_PER_BLOCK = 1024
+H100_REGISTERS_PER_SM = 64 * 1024
 _CUDA_DTYPES = {"__nv_bfloat16": "bfloat16", "__half": "float16", "float": "float32"}
 
 
@@ -83,48 +95,101 @@ def _sass_counts(object_file: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
+def _compile(source: Path, arch: str, directory: str) -> tuple[str, Path]:
+    """nvcc -Xptxas -v of one source for sm_<arch>: (the ptxas report, the object file)."""
+    object_file = Path(directory) / f"{source.stem}.sm{arch}.o"
+    report = subprocess.run(
+        [_nvcc(), f"-gencode=arch=compute_{arch},code=sm_{arch}", "-O3", "-std=c++17", "--expt-relaxed-constexpr",
+         "-Xptxas", "-v", "--keep", "--keep-dir", directory, "-I", str(ROOT / "csrc"), "-c", str(source), "-o",
+         str(object_file)], capture_output=True, text=True, check=True).stderr
+    return report, object_file
+
+
+def _ptxas_functions(report: str) -> dict[str, tuple[int, int, int, int]]:
+    """Per mangled function: (stack frame bytes, spill store bytes, registers, static shared bytes)."""
+    found = re.findall(
+        r"Function properties for (\S+)\n\s+(\d+) bytes stack frame, (\d+) bytes spill stores.*?\n"
+        r"ptxas info\s+: Used (\d+) registers(?:, used \d+ barriers)?(?:, (\d+) bytes smem)?", report)
+    return {name: (int(stack), int(spills), int(registers), int(smem or 0))
+            for name, stack, spills, registers, smem in found}
+
+
+def dynamic_shared_bytes() -> dict[tuple[str, str, int | str], int]:
+    """(kernel, dtype, head_dim) -> the dynamic shared memory its launcher asks for."""
+    toolkit = find_cuda_toolkit()
+    with tempfile.TemporaryDirectory() as directory:
+        program = Path(directory) / "footprint"
+        subprocess.run([os.environ.get("CXX", "c++"), "-std=c++20", "-DQUIETSTAR_EMULATION", "-I", str(ROOT / "csrc"),
+                        "-I", str(Path(toolkit) / "include"), str(ROOT / "scripts" / "shared_memory_footprint.cpp"),
+                        "-o", str(program)], check=True, capture_output=True, text=True)
+        lines = subprocess.run([str(program)], check=True, capture_output=True, text=True).stdout.splitlines()
+    footprint = {}
+    for line in lines:
+        kernel, dtype, head_dim, size = line.split(",")
+        footprint[(kernel, dtype, int(head_dim) if head_dim else "")] = int(size)
+    return footprint
+
+
+def blocks_per_sm_h100(registers: int, threads: int, shared_bytes: int) -> int:
+    """Resident blocks per H100 SM allowed by registers (allocated per warp in units of 256) and shared memory."""
+    registers_per_warp = -(-registers * 32 // 256) * 256
+    by_registers = H100_REGISTERS_PER_SM // (registers_per_warp * (threads // 32))
+    by_shared = H100_SHARED_PER_SM // (shared_bytes + H100_RESERVED_PER_BLOCK)
+    return min(by_registers, by_shared, 32)
+
+
 def cuda_rows() -> list[dict]:
-    """Every kernel instantiation in csrc/*.cu, compiled here for sm_90a."""
+    """Every kernel instantiation in csrc/*.cu, compiled here for sm_90a (and checked for sm_80)."""
     rows = []
+    footprint = dynamic_shared_bytes()
     with tempfile.TemporaryDirectory() as directory:
         for source in sorted((ROOT / "csrc").glob("*.cu")):
-            object_file = Path(directory) / f"{source.stem}.o"
-            report = subprocess.run(
-                [_nvcc(), f"-gencode=arch=compute_{CUDA_ARCH},code=sm_{CUDA_ARCH}", "-O3", "-std=c++17",
-                 "--expt-relaxed-constexpr", "-Xptxas", "-v", "--keep", "--keep-dir", directory,
-                 "-I", str(ROOT / "csrc"), "-c", str(source), "-o", str(object_file)],
-                capture_output=True, text=True, check=True).stderr
+            report, object_file = _compile(source, CUDA_ARCH, directory)
+            second = _ptxas_functions(_compile(source, SECOND_ARCH, directory)[0])
             ptx = (Path(directory) / f"{source.stem}.ptx").read_text()
             threads = dict(re.findall(r"\.entry (\S+)\([^{]*?\.maxntid (\d+)", ptx, re.S))
             sass = _sass_counts(object_file)
-            functions = re.findall(
-                r"Function properties for (\S+)\n\s+(\d+) bytes stack frame, (\d+) bytes spill stores.*?\n"
-                r"ptxas info\s+: Used (\d+) registers(?:, used \d+ barriers)?(?:, (\d+) bytes smem)?", report)
-            for (name, stack, spills, registers, smem), readable in zip(functions,
-                                                                         _demangle([f[0] for f in functions])):
-                rows.append(_cuda_row(readable, int(stack), int(spills), int(registers), int(smem or 0),
-                                      int(threads.get(name, 0)), sass.get(name, {})))
+            functions = _ptxas_functions(report)
+            for (name, (stack, spills, registers, smem)), readable in zip(functions.items(),
+                                                                          _demangle(list(functions))):
+                rows.append(_cuda_row(readable, stack, spills, registers, smem, int(threads.get(name, 0)),
+                                      sass.get(name, {}), second[name], footprint))
     return rows
 
 
 def _cuda_row(readable: str, stack: int, spills: int, registers: int, smem: int, threads: int,
-              sass: dict[str, int]) -> dict:
+              sass: dict[str, int], second_arch: tuple[int, int, int, int],
+              footprint: dict[tuple[str, str, int | str], int]) -> dict:
     kernel = re.search(r"(\w+)_kernel<", readable).group(1)
     arguments = re.search(r"_kernel<([^>]*)>", readable).group(1).split(", ")
     dtype = _CUDA_DTYPES[arguments[0]]
     head_dim = int(arguments[1]) if len(arguments) > 1 else ""
+    dynamic = footprint.get((kernel, dtype, head_dim), 0)
+    blocks = blocks_per_sm_h100(registers, threads, smem + dynamic)
     mma = "wgmma" if sass.get("HGMMA") else "mma" if sass.get("HMMA") else "none"
     spill_bytes = max(stack, spills)
-    violations, notes = [], [" ".join(f"{op}={count}" for op, count in sass.items())]
-    if spill_bytes:
+    second_stack, second_spills, second_registers, _ = second_arch
+    violations, notes = [], [" ".join(f"{op}={count}" for op, count in sass.items()),
+                             f"sm_{SECOND_ARCH}: {second_registers} registers, "
+                             f"{max(second_stack, second_spills)} B spills"]
+    known = (kernel, dtype, head_dim) in KNOWN_CUDA_SPILLS
+    if spill_bytes or sass.get("LDL") or sass.get("STL"):
         message = f"{stack} B stack frame, {spills} B spill stores per thread"
-        if (kernel, dtype, head_dim) in KNOWN_CUDA_SPILLS:
-            notes.append(message + ": a known case")
-        else:
-            violations.append(message)
+        (notes if known else violations).append(message + (": a known case" if known else ""))
+    if max(second_stack, second_spills) and not known:
+        violations.append(f"spills on sm_{SECOND_ARCH}")
+    tensor_cores = dtype != "float32" and (kernel in TENSOR_CORE_GEMMS or kernel in TENSOR_CORE_ROW_WISE)
+    required = ("HMMA", "LDSM", "LDGSTS") if kernel in TENSOR_CORE_GEMMS else ("LDGSTS",)
+    if tensor_cores:
+        missing = [op for op in required if not sass.get(op)]
+        if missing:
+            violations.append(f"no {'/'.join(missing)} in the SASS of a tensor-core kernel")
+        if blocks < 2:
+            violations.append(f"{blocks} block per SM on an H100 (registers {registers}, shared {smem + dynamic} B)")
     return dict(backend="cuda", kernel=kernel, config=f"threads={threads}", dtype=dtype, head_dim=head_dim,
-                registers=registers, spill_bytes=spill_bytes, shared_bytes=smem, threads=threads, mma=mma,
-                notes="; ".join(notes), violations="; ".join(violations))
+                registers=registers, spill_bytes=spill_bytes, shared_bytes=smem, dynamic_shared_bytes=dynamic,
+                blocks_per_sm_h100=blocks, threads=threads, mma=mma, notes="; ".join(notes),
+                violations="; ".join(violations))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,20 +15,31 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import static_sm90  # noqa: E402
 
-# 3 dtypes x (fwd, dq, prefix dK/dV, stream dK/dV at d = 64 and 128, and the preprocess) + 3 dtypes x 2 LM-head
-CUDA_INSTANTIATIONS = 3 * (4 * 2 + 1) + 3 * 2
+# Tensor cores: 2 dtypes x d = 64, 96, 128 x (fwd, dq, prefix dK/dV, stream dK/dV); CUDA cores: 3 dtypes x d = 64, 128
+# x the same four; the preprocess for 3 dtypes; the LM head's two kernels for 3 dtypes.
+CUDA_INSTANTIATIONS = 2 * 3 * 4 + 3 * 2 * 4 + 3 + 3 * 2
 
 
 @pytest.mark.skipif(find_cuda_toolkit() is None, reason="needs nvcc (CI has it: scripts/build_cuda.sh)")
-def test_cuda_kernels_spill_only_where_known():
+def test_cuda_kernels_meet_the_static_rules():
     rows = static_sm90.cuda_rows()
     assert len(rows) == CUDA_INSTANTIATIONS
     assert not [row for row in rows if row["violations"]]
     spilling = {(row["kernel"], row["dtype"], row["head_dim"]) for row in rows if row["spill_bytes"]}
     assert spilling == static_sm90.KNOWN_CUDA_SPILLS, "a known spill is gone: remove it from KNOWN_CUDA_SPILLS"
-    assert all(row["mma"] == "mma" for row in rows if row["dtype"] != "float32" and row["kernel"] in (
-        "thought_attention_fwd", "thought_attention_bwd_dq", "thought_attention_bwd_prefix_dkdv",
-        "linear_softmax_fwd", "linear_softmax_grad")), "a 16-bit GEMM kernel lost its tensor-core instructions"
+    tensor_core = [row for row in rows if row["dtype"] != "float32" and row["kernel"] in static_sm90.TENSOR_CORE_GEMMS]
+    assert len(tensor_core) == 2 * 3 * 3 + 2 * 2
+    assert all(row["mma"] == "mma" and row["blocks_per_sm_h100"] >= 2 for row in tensor_core)
+
+
+def test_static_rules_catch_a_kernel_without_its_instructions():
+    # The rules themselves: a 16-bit GEMM kernel whose SASS lost ldmatrix or cp.async, or that fits one block per
+    # SM, breaks them.
+    sass = dict.fromkeys(static_sm90._SASS_COUNTS, 0) | {"HMMA": 8, "LDSM": 0, "LDGSTS": 4}
+    readable = "void quietstar::thought_attention_fwd_mma_kernel<__half, 128>(quietstar::ThoughtAttentionArgs)"
+    footprint = {("thought_attention_fwd_mma", "float16", 128): 150_000}
+    row = static_sm90._cuda_row(readable, 0, 0, 200, 0, 128, sass, (0, 0, 200, 0), footprint)
+    assert "no LDSM" in row["violations"] and "1 block per SM" in row["violations"]
 
 
 def test_committed_evidence_covers_every_kernel_and_breaks_no_rule():
