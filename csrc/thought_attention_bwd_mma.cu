@@ -16,6 +16,7 @@
 //                 layout, with dK and dV in registers.
 #include "async_tile.cuh"
 #include "fragment_rows.cuh"
+#include "key_tiles.cuh"
 #include "launch_utils.cuh"
 #include "thought_attention_mask.cuh"
 
@@ -28,52 +29,37 @@ struct TensorCoreDq {
   static constexpr int kBlockN = 32;
   using QTile = PaddedTile<T, kBlockM, D>;  // q, then grad_o
   // A stream tile holds one key per query row (kBlockM rows); prefix tiles fill the first kBlockN.
-  using KvTile = PaddedTile<T, kBlockM, D>;
-  static constexpr int64_t kKvOffset = 2 * QTile::kBytes;  // then stage 0 K, V, stage 1 K, V
-  static constexpr int64_t kBytes = 2 * QTile::kBytes + 4 * KvTile::kBytes;
+  using Keys = KeyTiles<T, PaddedTile<T, kBlockM, D>, kBlockM, kBlockN>;
+  static constexpr int64_t kBytes = 2 * QTile::kBytes + Keys::kBytes;
 };
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 2) thought_attention_bwd_dq_mma_kernel(const ThoughtAttentionArgs args) {
   using Layout = TensorCoreDq<T, D>;
   using QTile = typename Layout::QTile;
-  using KvTile = typename Layout::KvTile;
+  using KvTile = typename Layout::Keys::Tile;
   constexpr int BM = Layout::kBlockM;
   constexpr int BN = Layout::kBlockN;
   QUIETSTAR_DYNAMIC_SMEM(smem);
   T* q_tile = reinterpret_cast<T*>(smem);
   T* grad_o_tile = q_tile + QTile::kBytes / 2;
-  auto k_stage = [&](int stage) { return reinterpret_cast<T*>(smem + Layout::kKvOffset + 2 * stage * KvTile::kBytes); };
-  auto v_stage = [&](int stage) { return k_stage(stage) + KvTile::kBytes / 2; };
 
-  const int n = args.prefix_len;
   const QueryBlock block = QueryBlock::decode(args, BM);
-  const int block_start = block.block_start, rows_in = block.rows_in, step = block.step;
+  const int block_start = block.block_start, rows_in = block.rows_in;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int g = lane / 4, t = lane % 4;
   const float scale_log2 = args.softmax_scale * kLog2e;
   const ThoughtMask mask = make_mask(args, block.batch);
+  const typename Layout::Keys keys(args, block, mask, smem + 2 * QTile::kBytes);
+  auto load_keys = [&](int index) { keys.load(index); };
 
-  const T* k_base = head_base<const T>(args.k, block.batch, block.kv_head);
-  const T* v_base = head_base<const T>(args.v, block.batch, block.kv_head);
-  const int first_key = mask.first_key(block_start, BN);
-  const int num_tiles = step + ceil_div(min(block_start + BM, n) - first_key, BN);
-
-  auto load_tile_pair = [&](int index) {
-    const KeyTile tile = key_tile(index, step, n, block_start, rows_in, first_key, BN);
-    const int rows = tile.stream ? BM : BN;
-    cp_async_tile<KvTile>(k_stage(index % 2), k_base + tile.first_token * args.k.stride_token, args.k.stride_token,
-                          tile.rows_in, args.head_dim, rows);
-    cp_async_tile<KvTile>(v_stage(index % 2), v_base + tile.first_token * args.v.stride_token, args.v.stride_token,
-                          tile.rows_in, args.head_dim, rows);
-  };
   cp_async_tile<QTile>(q_tile, head_base<const T>(args.q, block.batch, block.head) +
                                    block.first_row * args.q.stride_token, args.q.stride_token, rows_in, args.head_dim);
   cp_async_tile<QTile>(grad_o_tile, head_base<const T>(args.grad_o, block.batch, block.head) +
                                         block.first_row * args.grad_o.stride_token, args.grad_o.stride_token, rows_in,
                        args.head_dim);
-  load_tile_pair(0);
+  keys.load(0);
   ptx::cp_async_commit();
 
   const int local_row[2] = {warp * 16 + g, warp * 16 + g + 8};
@@ -90,15 +76,15 @@ __global__ void __launch_bounds__(kThreads, 2) thought_attention_bwd_dq_mma_kern
   uint32_t q_frag[D / 16][4], grad_o_frag[D / 16][4];
   float grad_q[D / 8][4] = {};
 
-  for (int index = 0; index < num_tiles; ++index) {
-    next_pipeline_stage(index, num_tiles, load_tile_pair);
+  for (int index = 0; index < keys.count; ++index) {
+    next_pipeline_stage(index, keys.count, load_keys);
     if (index == 0) {
       load_a_fragments<QTile>(q_frag, q_tile, warp * 16, lane);
       load_a_fragments<QTile>(grad_o_frag, grad_o_tile, warp * 16, lane);
     }
-    const T* k_tile = k_stage(index % 2);
-    const T* v_tile = v_stage(index % 2);
-    const KeyTile tile = key_tile(index, step, n, block_start, rows_in, first_key, BN);
+    const T* k_tile = keys.k(index);
+    const T* v_tile = keys.v(index);
+    const KeyTile tile = keys.tile(index);
 
     if (tile.stream) {
 #pragma unroll

@@ -16,6 +16,7 @@
 // and fp32 inputs go to the exact FMA kernel (thought_attention_fwd_fma.cu).
 #include "async_tile.cuh"
 #include "fragment_rows.cuh"
+#include "key_tiles.cuh"
 #include "launch_utils.cuh"
 #include "thought_attention_mask.cuh"
 
@@ -27,48 +28,34 @@ struct TensorCoreForward {
   static constexpr int kBlockM = 64;
   static constexpr int kBlockN = 64;
   using QTile = PaddedTile<T, kBlockM, D>;
-  using KvTile = PaddedTile<T, kBlockN, D>;
-  static constexpr int64_t kKvOffset = QTile::kBytes;  // then stage 0 K, stage 0 V, stage 1 K, stage 1 V
-  static constexpr int64_t kBytes = QTile::kBytes + 4 * KvTile::kBytes;
+  using Keys = KeyTiles<T, PaddedTile<T, kBlockM, D>, kBlockM, kBlockN>;
+  static constexpr int64_t kBytes = QTile::kBytes + Keys::kBytes;  // Q, then the key stages
 };
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 2) thought_attention_fwd_mma_kernel(const ThoughtAttentionArgs args) {
   using Layout = TensorCoreForward<T, D>;
   using QTile = typename Layout::QTile;
-  using KvTile = typename Layout::KvTile;
+  using KvTile = typename Layout::Keys::Tile;
   constexpr int BM = Layout::kBlockM;
   constexpr int BN = Layout::kBlockN;
   QUIETSTAR_DYNAMIC_SMEM(smem);
   T* q_tile = reinterpret_cast<T*>(smem);
-  auto k_stage = [&](int stage) { return reinterpret_cast<T*>(smem + Layout::kKvOffset + 2 * stage * KvTile::kBytes); };
-  auto v_stage = [&](int stage) { return k_stage(stage) + KvTile::kBytes / 2; };
 
-  const int n = args.prefix_len;
   const QueryBlock block = QueryBlock::decode(args, BM);
-  const int block_start = block.block_start, rows_in = block.rows_in, step = block.step;
+  const int block_start = block.block_start, rows_in = block.rows_in;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int g = lane / 4, t = lane % 4;
   const float scale_log2 = args.softmax_scale * kLog2e;
   const ThoughtMask mask = make_mask(args, block.batch);
+  const typename Layout::Keys keys(args, block, mask, smem + QTile::kBytes);
+  auto load_keys = [&](int index) { keys.load(index); };
 
   const T* q_base = head_base<const T>(args.q, block.batch, block.head);
-  const T* k_base = head_base<const T>(args.k, block.batch, block.kv_head);
-  const T* v_base = head_base<const T>(args.v, block.batch, block.kv_head);
-  const int first_key = mask.first_key(block_start, BN);
-  const int num_tiles = step + ceil_div(min(block_start + BM, n) - first_key, BN);
-
-  auto load_tile_pair = [&](int index) {
-    const KeyTile tile = key_tile(index, step, n, block_start, rows_in, first_key, BN);
-    cp_async_tile<KvTile>(k_stage(index % 2), k_base + tile.first_token * args.k.stride_token, args.k.stride_token,
-                          tile.rows_in, args.head_dim);
-    cp_async_tile<KvTile>(v_stage(index % 2), v_base + tile.first_token * args.v.stride_token, args.v.stride_token,
-                          tile.rows_in, args.head_dim);
-  };
   cp_async_tile<QTile>(q_tile, q_base + block.first_row * args.q.stride_token, args.q.stride_token, rows_in,
                        args.head_dim);
-  load_tile_pair(0);
+  keys.load(0);
   ptx::cp_async_commit();
 
   // This thread's rows of the block: warp * 16 + g (fragment elements 0, 1) and + 8 (elements 2, 3).
@@ -80,12 +67,12 @@ __global__ void __launch_bounds__(kThreads, 2) thought_attention_fwd_mma_kernel(
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.f, 0.f};
 
-  for (int index = 0; index < num_tiles; ++index) {
-    next_pipeline_stage(index, num_tiles, load_tile_pair);
+  for (int index = 0; index < keys.count; ++index) {
+    next_pipeline_stage(index, keys.count, load_keys);
     if (index == 0) load_a_fragments<QTile>(q_frag, q_tile, warp * 16, lane);
-    const T* k_tile = k_stage(index % 2);
-    const T* v_tile = v_stage(index % 2);
-    const KeyTile tile = key_tile(index, step, n, block_start, rows_in, first_key, BN);
+    const T* k_tile = keys.k(index);
+    const T* v_tile = keys.v(index);
+    const KeyTile tile = keys.tile(index);
 
     if (tile.stream) {
       // Row r's score is q_r . k_r, its value row v_r.

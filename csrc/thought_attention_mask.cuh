@@ -66,22 +66,6 @@ struct QueryBlock {
   }
 };
 
-// The keys of tile `index` of a query block in the tensor-core kernels: the block's own-stream steps first (step
-// s is the contiguous rows s * n + block_start ..), then the prefix tiles from `first_key`.
-struct KeyTile {
-  bool stream;
-  int64_t first_token;  // row of k/v within the batch and head
-  int start;            // prefix tiles: the first key position
-  int rows_in;
-};
-
-__device__ __forceinline__ KeyTile key_tile(int index, int step, int n, int block_start, int rows_in, int first_key,
-                                            int block_n) {
-  if (index < step) return KeyTile{true, int64_t(index + 1) * n + block_start, block_start, rows_in};
-  const int start = first_key + (index - step) * block_n;
-  return KeyTile{false, start, start, min(block_n, n - start)};
-}
-
 // Base pointer of (batch, head) in an operand, with 64-bit offsets.
 template <typename T>
 __device__ __forceinline__ T* head_base(const Operand& x, int batch, int head) {
