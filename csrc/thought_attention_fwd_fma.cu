@@ -34,7 +34,9 @@ struct ForwardTiles {
 };
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) thought_attention_fwd_fma_kernel(const ThoughtAttentionArgs args) {
+// An explicit minimum of one block per SM: without it ptxas (nvcc 13.0, sm_90a) picks 40 registers for fp32 and
+// spills 24 B per thread; with it, 75 registers and no spills.
+__global__ void __launch_bounds__(kThreads, 1) thought_attention_fwd_fma_kernel(const ThoughtAttentionArgs args) {
   using Tiles = ForwardTiles<T, D>;
   constexpr int BM = Tiles::kBlockM;
   constexpr int BN = Tiles::kBlockN;

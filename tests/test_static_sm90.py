@@ -1,7 +1,7 @@
-"""Static sm_90 evidence (scripts/static_sm90.py): the CUDA kernels compiled here with nvcc have no spills beyond
-the listed known cases, and the committed benchmarks/results/static_sm90.csv covers exactly the kernels that exist
-now, none breaking a rule. The Triton rules themselves are enforced by tests/test_aot_compile.py, which compiles
-every configuration."""
+"""Static sm_90 evidence (scripts/static_sm90.py): the CUDA kernels compiled here with nvcc meet the rules (no
+spills, the tensor-core instructions, two blocks per H100 SM), and the committed benchmarks/results/static_sm90.csv
+covers exactly the kernels that exist now, none breaking a rule. The Triton rules themselves are enforced by
+tests/test_aot_compile.py, which compiles every configuration."""
 import csv
 import sys
 from pathlib import Path
@@ -25,8 +25,7 @@ def test_cuda_kernels_meet_the_static_rules():
     rows = static_sm90.cuda_rows()
     assert len(rows) == CUDA_INSTANTIATIONS
     assert not [row for row in rows if row["violations"]]
-    spilling = {(row["kernel"], row["dtype"], row["head_dim"]) for row in rows if row["spill_bytes"]}
-    assert spilling == static_sm90.KNOWN_CUDA_SPILLS, "a known spill is gone: remove it from KNOWN_CUDA_SPILLS"
+    assert not [row for row in rows if row["spill_bytes"]]
     tensor_core = [row for row in rows if row["dtype"] != "float32" and row["kernel"] in static_sm90.TENSOR_CORE_GEMMS]
     assert len(tensor_core) == 2 * 3 * 3 + 2 * 2
     assert all(row["mma"] == "mma" and row["blocks_per_sm_h100"] >= 2 for row in tensor_core)
