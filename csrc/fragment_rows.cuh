@@ -14,7 +14,7 @@ namespace quietstar {
 
 template <typename T>
 __device__ __forceinline__ float2 shared_pair(const T* row, int column) {
-  return ptx::unpack_pair<T>(*reinterpret_cast<const uint32_t*>(row + column));
+  return ptx::unpack_pair<T>(ptx::ld_shared_b32(row + column));
 }
 
 // This lane's part of (A-fragment row h) . row, row a D-element row in shared memory.

@@ -132,6 +132,11 @@ void launch_kernel(const char* name, Kernel kernel, dim3 grid, dim3 block, int64
   ::quietstar_emulation::launch_log.emplace_back(name);
   ::quietstar_emulation::launch(kernel, grid, block, size_t(shared_bytes), args);
 #else
+  // The extension is built for sm_80 and newer (mma.sync on bf16, cp.async): say so instead of "no kernel image".
+  if (device_attribute(cudaDevAttrComputeCapabilityMajor, "querying the compute capability") < 8) {
+    throw std::runtime_error(std::string("quietstar_fast._C: ") + name +
+                             " needs a GPU of compute capability 8.0 or newer; use impl='torch' on this GPU");
+  }
   kernel<<<grid, block, size_t(shared_bytes), stream>>>(args);
   check_cuda(cudaGetLastError(), name);
 #endif

@@ -4,6 +4,7 @@
 //   ldmatrix_*     one, two or four 8 x 8 16-bit matrices from shared memory into fragments (optionally transposed)
 //   cp_async_16    16-byte global -> shared copy that bypasses registers, zero-filling past `src_bytes`;
 //                  cp_async_commit / cp_async_wait<N> close a group and wait until at most N groups are in flight
+//   ld_shared_b32  a 32-bit load from a tile filled by cp.async
 //   shfl_xor       warp butterfly exchange
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with g = lane / 4 and t = lane % 4:
@@ -83,10 +84,16 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
                "r"(src_bytes));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// The memory clobbers keep the compiler from moving shared-memory reads of the copied data above the wait.
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// A 32-bit load from shared memory, for tiles filled by cp.async (the emulation checks it for races).
+__device__ __forceinline__ uint32_t ld_shared_b32(const void* pointer) {
+  return *reinterpret_cast<const uint32_t*>(pointer);
 }
 
 __device__ __forceinline__ float shfl_xor(float value, int lane_mask) {

@@ -191,3 +191,10 @@ def test_attention_16bit_on_the_fma_path(emulated):
     # A head dim that is not a multiple of 8 takes the exact CUDA-core kernels; they must hold the same rule.
     attention_tests._check_against_reference(attention_tests.Case(2, 4, 2, 37, 3, 2, 20, "right", window=16),
                                              torch.bfloat16, "cuda", CPU)
+
+
+def test_attention_over_many_key_tiles(emulated):
+    # Several prefix tiles per block keep both pipeline stages in use (and the emulation's race check busy);
+    # the other cases stop at two or three tiles.
+    attention_tests._check_against_reference(attention_tests.Case(1, 2, 1, 300, 2, 2, 64, "right"), torch.float16,
+                                             "cuda", CPU)

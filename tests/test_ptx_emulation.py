@@ -155,3 +155,18 @@ def test_cp_async_lands_at_its_wait_and_zero_fills():
 def test_exiting_with_copies_in_flight_is_refused():
     with pytest.raises(RuntimeError, match="never waited"):
         ptx_probe().cp_async(torch.zeros(2, 32, 4), torch.full((32,), 16), True)
+
+
+@pytest.mark.parametrize("mode, race", [(0, None), (1, "race: .* with no __syncthreads"),
+                                        (2, "race: .* with no __syncthreads")],
+                         ids=["barriers", "no-barrier-after-wait", "copy-over-a-read-tile"])
+def test_race_check_of_the_cp_async_ldmatrix_pipeline(mode, race):
+    # Warp 1 copies, warp 0 reads. The check does not depend on the fibers' order: accesses by two warps between
+    # the same two barriers are unordered, whichever runs first here.
+    source = torch.randint(-2**15, 2**15, (32, 8), dtype=torch.int16, generator=torch.Generator().manual_seed(5))
+    if race is None:
+        registers = ptx_probe().pipeline(source, mode)
+        assert torch.equal(registers, _ldmatrix_expected(source, LANES * 8, 4, False))
+    else:
+        with pytest.raises(RuntimeError, match=race):
+            ptx_probe().pipeline(source, mode)

@@ -6,8 +6,9 @@
 // it reaches __syncthreads, __syncwarp or a shuffle, which are barriers. Blocks run one after another, so
 // function-local `__shared__` arrays (static here) are per block. The tensor-core instructions (mma.sync, ldmatrix,
 // cp.async) are emulated lane by lane in ptx_emulation.h.
-// What it cannot show: data races (the schedule is deterministic; compute-sanitizer racecheck on a GPU does that),
-// performance, and compile errors of device-only code (the nvcc build in CI covers those).
+// What it cannot show: data races outside the accesses ptx_emulation.h's race check tracks (the schedule is
+// deterministic; compute-sanitizer racecheck on a GPU does that), performance, and compile errors of device-only
+// code (the nvcc build in CI covers those).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -78,6 +79,18 @@ struct Fiber {
 // Words a lane publishes to its warp in one collective (ldmatrix addresses, mma fragments).
 constexpr int kExchangeWords = 16;
 
+// What the race check (ptx_emulation.h) knows of one 16-byte chunk of shared memory. Epochs count the block's
+// __syncthreads: accesses by different threads in the same epoch are unordered.
+struct ChunkAccess {
+  static constexpr int kNobody = -1;
+  static constexpr int kSeveral = -2;
+  int copy_in_flight_by = kNobody;  // a cp.async issued into it and not yet retired by its thread's wait
+  int landed_by = kNobody;          // the thread whose retired cp.async last wrote it
+  uint64_t landed_epoch = ~0ull;
+  int read_by = kNobody;            // the warp that read it with ldmatrix in read_epoch (kSeveral: more than one)
+  uint64_t read_epoch = ~0ull;
+};
+
 struct Block {
   dim3 grid_dim, block_dim;
   uint3 block_index{0, 0, 0};
@@ -88,6 +101,7 @@ struct Block {
   char* shared_memory = nullptr;
   size_t shared_bytes = 0;
   std::string error;                    // the first misuse a wrapper detected; launch() throws it
+  std::vector<ChunkAccess> chunk_access;  // per 16 bytes of shared memory
   std::vector<Fiber> fibers;
   ucontext_t scheduler;
   int running = -1;  // index of the fiber now running
@@ -158,6 +172,7 @@ void launch(Kernel kernel, dim3 grid, dim3 block_dim, size_t shared_bytes, const
         std::fill_n(reinterpret_cast<float*>(shared.get()), shared_bytes / sizeof(float), NAN);
         block.shared_memory = shared.get();
         block.shared_bytes = shared_bytes;
+        block.chunk_access.assign((shared_bytes + 15) / 16, ChunkAccess{});
         block.fibers.resize(threads);
         for (int t = 0; t < threads; ++t) {
           Fiber& fiber = block.fibers[t];

@@ -121,10 +121,49 @@ torch::Tensor cp_async(torch::Tensor source, torch::Tensor src_bytes, bool skip_
   return snapshots;
 }
 
+struct PipelineArgs {
+  const int16_t* source;  // (32, 8): warp 1's lane l copies row l
+  int32_t* registers;     // (32, 4): warp 0's ldmatrix.x4 of the rows
+  int mode;               // 0: barrier in place; 1: no barrier between the copies' wait and the read; 2: warp 1
+                          // copies again into the rows warp 0 is reading, with no barrier in between
+};
+
+// Warp 1 copies a tile into shared memory with cp.async; warp 0 reads it with ldmatrix.
+void pipeline_kernel(const PipelineArgs args) {
+  QUIETSTAR_DYNAMIC_SMEM(smem);
+  int16_t* tile = reinterpret_cast<int16_t*>(smem);
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (warp == 1) {
+    quietstar::ptx::cp_async_16(tile + lane * 8, args.source + lane * 8, 16);
+    quietstar::ptx::cp_async_commit();
+    quietstar::ptx::cp_async_wait<0>();
+  }
+  if (args.mode != 1) __syncthreads();
+  if (warp == 0) {
+    uint32_t r[4];
+    quietstar::ptx::ldmatrix_x4(r, tile + lane * 8);
+    for (int i = 0; i < 4; ++i) args.registers[lane * 4 + i] = int32_t(r[i]);
+  } else if (args.mode == 2) {
+    quietstar::ptx::cp_async_16(tile + lane * 8, args.source + lane * 8, 16);
+    quietstar::ptx::cp_async_commit();
+    quietstar::ptx::cp_async_wait<0>();
+  }
+}
+
+torch::Tensor pipeline(torch::Tensor source, int64_t mode) {
+  TORCH_CHECK(source.scalar_type() == at::kShort && source.numel() == 32 * 8 && source.is_contiguous());
+  auto registers = torch::zeros({32, 4}, torch::kInt32);
+  PipelineArgs args{source.data_ptr<int16_t>(), registers.data_ptr<int32_t>(), int(mode)};
+  launch(pipeline_kernel, dim3(1), dim3(64), 32 * 16, args);
+  return registers;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ldmatrix", &ldmatrix);
   m.def("mma", &mma);
   m.def("cp_async", &cp_async);
+  m.def("pipeline", &pipeline);
 }
