@@ -15,7 +15,8 @@ Defaults: on CPU a small sweep in fp32 on one thread; on CUDA the issue's target
 ``--preset cpu-sweep`` n = 512..4096 at a=4 (the plot: time and memory over n per provider); ``--preset cpu-auto``
 the shapes of a Quiet-STaR step on CPU (SmolLM2-135M and the tiny model's heads, n 64, 128 and 256, thought and talk
 steps, with and without right padding, fp32, bf16 and fp16) for the torch and sdpa backends, which ``impl="auto"`` picks
-between on CPU.
+between on CPU. ``--preset kernel-target`` the CUDA kernels' target against flash SDPA on the causal prefix (bf16,
+d = 128, n = 1024..8192, a = 12; too large for the official provider).
 Results: CSV (Liger's schema) and a PNG under benchmarks/results/.
 """
 from __future__ import annotations
@@ -141,6 +142,8 @@ def _sweep(args) -> list[Shape]:
                 for a, m in ((1, 1), (5, 1), (6, 3)) for padding in (False, True) for dtype in ("fp32", "bf16", "fp16")]
     if args.preset == "gpu-target":
         return [Shape(8, 32, 8, n, 12, 1, 128, "bf16", False) for n in (256, 512, 1024, 2048)]
+    if args.preset == "kernel-target":
+        return [Shape(8, 32, 8, n, 12, 1, 128, "bf16", False) for n in (1024, 2048, 4096, 8192)]
     return [Shape(args.batch, args.q_heads, args.kv_heads, n, args.a, args.m, args.d, args.dtype, args.padding)
             for n in args.n]
 
@@ -148,7 +151,8 @@ def _sweep(args) -> list[Shape]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     bench_utils.add_common_args(parser, PROVIDERS, repeats=5)
-    parser.add_argument("--preset", choices=["small", "cpu-target", "cpu-sweep", "cpu-auto", "gpu-target"],
+    parser.add_argument("--preset", choices=["small", "cpu-target", "cpu-sweep", "cpu-auto", "gpu-target",
+                                             "kernel-target"],
                         default=None,
                         help="default: small on CPU, gpu-target on CUDA")
     parser.add_argument("--n", type=int, nargs="+", default=[128, 256, 512])

@@ -74,8 +74,13 @@ bench_attention() {
   # stops it keeps every other provider's numbers.
   local providers="triton cuda sdpa official sdpa_causal_prefix"
   [ "$PROFILE" = full ] && providers="$providers torch"
-  $PY benchmarks/bench_attention.py --preset gpu-target --providers $providers --out "$WORK" &&
-    $PY benchmarks/bench_attention.py --preset gpu-target --providers flex --tag flex --out "$WORK"
+  $PY benchmarks/bench_attention.py --preset gpu-target --providers $providers --out "$WORK" || return 1
+  # Full: the CUDA kernels' target shapes (n up to 8192) against flash SDPA on the prefix, before FlexAttention.
+  if [ "$PROFILE" = full ]; then
+    $PY benchmarks/bench_attention.py --preset kernel-target --providers cuda triton sdpa_causal_prefix \
+      --out "$WORK" || return 1
+  fi
+  $PY benchmarks/bench_attention.py --preset gpu-target --providers flex --tag flex --out "$WORK"
 }
 
 bench_loss() {
