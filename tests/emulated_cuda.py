@@ -26,7 +26,7 @@ def emulation_unavailable_reason() -> str | None:
     return None
 
 
-def _build_against_emulation(name: str, source: Path, is_python_module: bool) -> object:
+def _build_against_emulation(name: str, source: Path) -> object:
     """Builds ``source`` as host C++ with csrc/ and the emulation on the include path."""
     from torch.utils.cpp_extension import load
 
@@ -42,15 +42,13 @@ def _build_against_emulation(name: str, source: Path, is_python_module: bool) ->
         extra_cflags=["-DQUIETSTAR_EMULATION", "-O2", "-std=c++20",
                       f"-DQUIETSTAR_SOURCES={digest.hexdigest()[:16]}"],
         extra_ldflags=["-pthread"],
-        is_python_module=is_python_module,
         verbose=os.environ.get("QUIETSTAR_VERBOSE_BUILD") == "1",
     )
 
 
 @functools.cache
 def _emulated_module():
-    return _build_against_emulation("quietstar_fast_emulated", ROOT / "tests" / "emulation" / "emulated_ops.cpp",
-                                    True)
+    return _build_against_emulation("quietstar_fast_emulated", ROOT / "tests" / "emulation" / "emulated_ops.cpp")
 
 
 def emulated_ops():
@@ -73,8 +71,9 @@ def launched_kernels() -> list[str]:
 
 @functools.cache
 def ptx_probe():
-    """The one-warp probe kernels of tests/emulation/ptx_probe.cpp (ldmatrix, mma, cp_async), built on first use."""
-    return _build_against_emulation("quietstar_ptx_probe", ROOT / "tests" / "emulation" / "ptx_probe.cpp", True)
+    """The probe kernels of tests/emulation/ptx_probe.cpp (ldmatrix, mma, cp_async, a pipeline), built on first
+    use."""
+    return _build_against_emulation("quietstar_ptx_probe", ROOT / "tests" / "emulation" / "ptx_probe.cpp")
 
 
 def use_emulated_cuda_kernels(monkeypatch) -> None:

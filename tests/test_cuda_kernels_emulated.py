@@ -90,7 +90,6 @@ def test_vocabulary_slices_are_merged(emulated):
     torch.testing.assert_close(picked.double(), logits.gather(1, targets[:, None]).squeeze(1), rtol=1e-5, atol=1e-5)
 
 
-
 def _lm_head_operands(layout: str, dtype: torch.dtype, rows: int = 70, hidden: int = 136, vocab: int = 300):
     """hidden (rows, D) and weight (vocab, D) in ``layout``: "contiguous"; "misaligned_pointer" (both start one
     element into their storage, as a row slice of an odd-width tensor does); "padded_rows" (row stride D + 5);
@@ -145,6 +144,7 @@ def test_lm_head_kernels_take_any_row_alignment(layout, dtype, emulated):
         lse_c, picked_c, _ = ops.linear_softmax_fwd(hidden_c, weight_c, targets, None, None, None, inv_t, 1.0)
         grad_c = ops.linear_softmax_grad(hidden_c, weight_c, lse_c, targets, coef, None, inv_t)
         assert torch.equal(lse, lse_c) and torch.equal(picked, picked_c) and torch.equal(grad, grad_c)
+
 
 def test_quietstar_fast_step_reproduces_the_official_code(emulated):
     """The whole training step with kernel_impl="cuda": the thought attention inside the HF model and the fused

@@ -1,6 +1,7 @@
-// One-warp probe kernels for the emulated PTX wrappers (csrc/ptx.cuh), built against the emulation by
+// Probe kernels for the emulated PTX wrappers (csrc/ptx.cuh), built against the emulation by
 // tests/test_ptx_emulation.py: each runs one wrapper and returns every lane's registers, so the tests can check the
-// lane-to-element mapping against the PTX ISA independently of any attention or LM-head kernel.
+// lane-to-element mapping against the PTX ISA independently of any attention or LM-head kernel; one two-warp
+// pipeline exercises the race check.
 #include <torch/extension.h>
 
 #include "common.cuh"
