@@ -19,6 +19,7 @@
 #include "key_tiles.cuh"
 #include "launch_utils.cuh"
 #include "thought_attention_mask.cuh"
+#include "warp_mma.cuh"
 
 namespace quietstar {
 namespace {
@@ -99,46 +100,24 @@ __global__ void __launch_bounds__(kThreads, 2) thought_attention_bwd_dq_mma_kern
       }
     } else {
       float s[BN / 8][4] = {}, dp[BN / 8][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-        for (int j = 0; j < BN / 16; ++j) {
-          uint32_t b[4];
-          ptx::ldmatrix_x4(b, x4_b_order<KvTile>(k_tile, j * 16, kk * 16, lane));
-          ptx::mma_m16n8k16<T>(s[2 * j], q_frag[kk], {b[0], b[1]});
-          ptx::mma_m16n8k16<T>(s[2 * j + 1], q_frag[kk], {b[2], b[3]});
-          ptx::ldmatrix_x4(b, x4_b_order<KvTile>(v_tile, j * 16, kk * 16, lane));
-          ptx::mma_m16n8k16<T>(dp[2 * j], grad_o_frag[kk], {b[0], b[1]});
-          ptx::mma_m16n8k16<T>(dp[2 * j + 1], grad_o_frag[kk], {b[2], b[3]});
-        }
-      }
+      mma_n_major<KvTile>(s, q_frag, k_tile, lane);
+      mma_n_major<KvTile>(dp, grad_o_frag, v_tile, lane);
       const bool needs_mask = !mask.sees_whole_tile(block_start, BM, tile.start, BN);
-      uint32_t grad_s_frag[BN / 16][4];
 #pragma unroll
       for (int jt = 0; jt < BN / 8; ++jt) {
-        float grad_s[4];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
+        for (int e = 0; e < 4; ++e) {  // dp becomes dS
           const int h = e / 2;
           const int key = tile.start + jt * 8 + 2 * t + e % 2;
           const bool visible = !needs_mask || (local_row[h] < rows_in &&
                                                mask.prefix_visible(block_start + local_row[h], key));
           const float p = visible ? exp2f(s[jt][e] * scale_log2 - row_lse2[h]) : 0.f;
-          grad_s[e] = p * (dp[jt][e] - row_delta[h]);
-        }
-        grad_s_frag[jt / 2][2 * (jt % 2)] = ptx::pack_pair<T>(grad_s[0], grad_s[1]);
-        grad_s_frag[jt / 2][2 * (jt % 2) + 1] = ptx::pack_pair<T>(grad_s[2], grad_s[3]);
-      }
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-#pragma unroll
-        for (int dn = 0; dn < D / 16; ++dn) {
-          uint32_t b[4];
-          ptx::ldmatrix_x4_trans(b, x4_a_order<KvTile>(k_tile, kk * 16, dn * 16, lane));
-          ptx::mma_m16n8k16<T>(grad_q[2 * dn], grad_s_frag[kk], {b[0], b[1]});
-          ptx::mma_m16n8k16<T>(grad_q[2 * dn + 1], grad_s_frag[kk], {b[2], b[3]});
+          dp[jt][e] = p * (dp[jt][e] - row_delta[h]);
         }
       }
+      uint32_t grad_s_frag[BN / 16][4];
+      accumulator_a_fragments<T>(grad_s_frag, dp);
+      mma_k_major<KvTile>(grad_q, grad_s_frag, k_tile, lane);
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
@@ -260,38 +239,23 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
     }
     const bool needs_mask = !mask.sees_whole_tile(tile.query_start, BM, key_start, BN);
-    uint32_t p_frag[BM / 16][4], grad_s_frag[BM / 16][4];
 #pragma unroll
     for (int jt = 0; jt < BM / 8; ++jt) {
-      float p[4], grad_s[4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
+      for (int e = 0; e < 4; ++e) {  // s becomes P^T, dp becomes dS^T
         const int c = e % 2;
         const int column = jt * 8 + 2 * t + c;
         const bool visible = !needs_mask || (column < tile.rows_in &&
                                              mask.prefix_visible(tile.query_start + column, key_start + key_row[e / 2]));
-        p[e] = visible ? exp2f(s[jt][e] * scale_log2 - column_lse2[jt][c]) : 0.f;
-        grad_s[e] = p[e] * (dp[jt][e] - column_delta[jt][c]);
-      }
-      // S^T fragments of n-tiles 2kk and 2kk + 1 are the A fragment of k-step kk (k = queries).
-      p_frag[jt / 2][2 * (jt % 2)] = ptx::pack_pair<T>(p[0], p[1]);
-      p_frag[jt / 2][2 * (jt % 2) + 1] = ptx::pack_pair<T>(p[2], p[3]);
-      grad_s_frag[jt / 2][2 * (jt % 2)] = ptx::pack_pair<T>(grad_s[0], grad_s[1]);
-      grad_s_frag[jt / 2][2 * (jt % 2) + 1] = ptx::pack_pair<T>(grad_s[2], grad_s[3]);
-    }
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) {
-#pragma unroll
-      for (int dn = 0; dn < D / 16; ++dn) {
-        uint32_t b[4];
-        ptx::ldmatrix_x4_trans(b, x4_a_order<QTile>(grad_o_tile, kk * 16, dn * 16, lane));
-        ptx::mma_m16n8k16<T>(grad_v[2 * dn], p_frag[kk], {b[0], b[1]});
-        ptx::mma_m16n8k16<T>(grad_v[2 * dn + 1], p_frag[kk], {b[2], b[3]});
-        ptx::ldmatrix_x4_trans(b, x4_a_order<QTile>(q_tile, kk * 16, dn * 16, lane));
-        ptx::mma_m16n8k16<T>(grad_k[2 * dn], grad_s_frag[kk], {b[0], b[1]});
-        ptx::mma_m16n8k16<T>(grad_k[2 * dn + 1], grad_s_frag[kk], {b[2], b[3]});
+        s[jt][e] = visible ? exp2f(s[jt][e] * scale_log2 - column_lse2[jt][c]) : 0.f;
+        dp[jt][e] = s[jt][e] * (dp[jt][e] - column_delta[jt][c]);
       }
     }
+    uint32_t p_frag[BM / 16][4], grad_s_frag[BM / 16][4];  // k = queries
+    accumulator_a_fragments<T>(p_frag, s);
+    accumulator_a_fragments<T>(grad_s_frag, dp);
+    mma_k_major<QTile>(grad_v, p_frag, grad_o_tile, lane);
+    mma_k_major<QTile>(grad_k, grad_s_frag, q_tile, lane);
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 

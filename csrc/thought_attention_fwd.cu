@@ -19,6 +19,7 @@
 #include "key_tiles.cuh"
 #include "launch_utils.cuh"
 #include "thought_attention_mask.cuh"
+#include "warp_mma.cuh"
 
 namespace quietstar {
 namespace {
@@ -95,16 +96,7 @@ __global__ void __launch_bounds__(kThreads, 2) thought_attention_fwd_mma_kernel(
       }
     } else {
       float s[BN / 8][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-        for (int j = 0; j < BN / 16; ++j) {
-          uint32_t b[4];
-          ptx::ldmatrix_x4(b, x4_b_order<KvTile>(k_tile, j * 16, kk * 16, lane));
-          ptx::mma_m16n8k16<T>(s[2 * j], q_frag[kk], {b[0], b[1]});
-          ptx::mma_m16n8k16<T>(s[2 * j + 1], q_frag[kk], {b[2], b[3]});
-        }
-      }
+      mma_n_major<KvTile>(s, q_frag, k_tile, lane);
       const bool needs_mask = !mask.sees_whole_tile(block_start, BM, tile.start, BN);
       float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -128,7 +120,6 @@ __global__ void __launch_bounds__(kThreads, 2) thought_attention_fwd_mma_kernel(
         alpha[h] = exp2f(row_max[h] - m_shift[h]);
         row_max[h] = m_new;
       }
-      uint32_t p_frag[BN / 16][4];
 #pragma unroll
       for (int jt = 0; jt < BN / 8; ++jt) {
 #pragma unroll
@@ -136,10 +127,9 @@ __global__ void __launch_bounds__(kThreads, 2) thought_attention_fwd_mma_kernel(
           s[jt][e] = exp2f(s[jt][e] - m_shift[e / 2]);
           p_sum[e / 2] += s[jt][e];
         }
-        // S fragments of n-tiles 2kk and 2kk + 1 are exactly the A fragment of P's k-step kk.
-        p_frag[jt / 2][2 * (jt % 2)] = ptx::pack_pair<T>(s[jt][0], s[jt][1]);
-        p_frag[jt / 2][2 * (jt % 2) + 1] = ptx::pack_pair<T>(s[jt][2], s[jt][3]);
       }
+      uint32_t p_frag[BN / 16][4];
+      accumulator_a_fragments<T>(p_frag, s);
 #pragma unroll
       for (int h = 0; h < 2; ++h) row_sum[h] = row_sum[h] * alpha[h] + ptx::quad_sum(p_sum[h]);
 #pragma unroll
@@ -147,16 +137,7 @@ __global__ void __launch_bounds__(kThreads, 2) thought_attention_fwd_mma_kernel(
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[dn][e] *= alpha[e / 2];
       }
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-#pragma unroll
-        for (int dn = 0; dn < D / 16; ++dn) {
-          uint32_t b[4];
-          ptx::ldmatrix_x4_trans(b, x4_a_order<KvTile>(v_tile, kk * 16, dn * 16, lane));
-          ptx::mma_m16n8k16<T>(acc[2 * dn], p_frag[kk], {b[0], b[1]});
-          ptx::mma_m16n8k16<T>(acc[2 * dn + 1], p_frag[kk], {b[2], b[3]});
-        }
-      }
+      mma_k_major<KvTile>(acc, p_frag, v_tile, lane);
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
