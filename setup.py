@@ -1,6 +1,12 @@
 """Build script: the Triton kernels in ``kernels/`` ship as ``quietstar_fast.kernels``; the CUDA kernels in ``csrc/``
 build as the optional extension ``quietstar_fast._C``.
 
+``kernels/`` has no ``__init__.py``: the import name ``kernels`` belongs to HuggingFace's hub-kernels package (which
+transformers >= 5.25 imports), and a regular package in the repository root would shadow it for anyone working
+there. The package mapping below installs the folder as ``quietstar_fast.kernels``; in the source tree the link
+``quietstar_fast/kernels -> ../kernels`` gives the same import path (an editable install cannot map a subpackage of
+a regular package to another folder).
+
 The extension is built when torch is a CUDA build and nvcc is found. ``QUIETSTAR_BUILD_CUDA=1`` forces it (and
 fails loudly if it cannot be built), ``QUIETSTAR_BUILD_CUDA=0`` skips it. Without it the package works and
 ``impl="cuda"`` explains how to build it. Architectures: ``TORCH_CUDA_ARCH_LIST``; when unset and no GPU is visible,
