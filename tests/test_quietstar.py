@@ -387,6 +387,8 @@ def test_bad_input_is_refused():
         QuietStar(model, start_token_id=95, end_token_id=96, init_token_id=5, n_ahead=2)
     with pytest.raises(ValueError, match="end_token_id=200 is outside"):
         QuietStar(model, start_token_id=95, end_token_id=200, init_token_id=5)
+    with pytest.raises(ValueError, match="pad_token_id=97 is outside"):
+        QuietStar(model, start_token_id=95, end_token_id=96, init_token_id=5, pad_token_id=97)
     with pytest.raises(ValueError, match="impl must be one of"):
         QuietStar(model, start_token_id=95, end_token_id=96, init_token_id=5, impl="turbo")
     with pytest.raises(ValueError, match="kernel_impl must be one of"):
@@ -398,6 +400,40 @@ def test_bad_input_is_refused():
         reference(torch.randint(1, 95, (1, 8)), left_padded)
     with pytest.raises(ValueError, match="gumbel_noise must have shape"):
         reference(torch.randint(1, 95, (1, 8)), gumbel_noise=torch.zeros(2, 2, 8, 96))
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_a_config_without_pad_or_eos_ids_ignores_no_label(impl):
+    """A config built by hand (no pad, no eos id) trains and generates. No label is ignored, and the filler of the
+    teacher-forced tail (0) changes nothing: the step equals one with a pad id that never occurs in the data."""
+    config = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                                      pad_token_id=None, eos_token_id=None, bos_token_id=None)
+    steps = []
+    for pad_token_id in (None, 94):
+        torch.manual_seed(0)
+        quiet = QuietStar(transformers.LlamaForCausalLM(config), start_token_id=95, end_token_id=96, init_token_id=5,
+                          pad_token_id=pad_token_id, n_ahead=5, n_ahead_talk=3, impl=impl,
+                          kernel_impl="torch").double()
+        assert quiet.pad_token_id == pad_token_id
+        with torch.no_grad():
+            quiet.talk_head[0][4].weight.normal_(0, 1.0)
+        torch.manual_seed(1)
+        ids = torch.randint(0, 94, (2, 12))
+        noise = -torch.empty(2, 4, 12, 97, dtype=torch.float64).exponential_().log()
+        out = quiet(ids, gumbel_noise=noise)
+        out.loss.backward()
+        steps.append((out, {name: p.grad for name, p in quiet.named_parameters()}))
+    (without_pad, grads), (with_unused_pad, expected_grads) = steps
+    for field in FIELDS:  # the same function: fp64 rounding differences at most
+        value, expected = getattr(without_pad, field), getattr(with_unused_pad, field)
+        if field == "talk_weights":  # reported at every position; those past the end (talk step k: the last k) see
+            value, expected = value[:, :, :-3], expected[:, :, :-3]  # the filler, which is all that differs
+        torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-14, msg=field)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-12, atol=1e-14, msg=name)
+    generated = quiet.generate(ids[:1, :4], max_new_tokens=3)  # no eos id anywhere: runs to max_new_tokens
+    assert generated.sequences.shape == (1, 7)
 
 
 # ---- thinking generation -----------------------------------------------------------------------------------------

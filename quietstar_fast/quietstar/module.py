@@ -98,7 +98,7 @@ class QuietStar(nn.Module):
         tokenizer: an HF tokenizer to take the ids not given from: the delimiters (after ``add_thought_tokens``), the
             first token of "---" and the pad id.
         pad_token_id: labels equal to it are ignored, as in the official code (where pad = eos). Defaults to the
-            model config's pad id, else its eos id.
+            model config's pad id, else its eos id; with neither, no label is ignored beyond the attention mask.
         impl: "fast" (thought attention, one call for the T talk steps, fused LM-head ops) or "reference" (the
             official computation: dense masks through stock SDPA attention with the KV cache, full logits). Both give
             the same numbers; the attribute can be switched between calls.
@@ -163,6 +163,9 @@ class QuietStar(nn.Module):
                 pad_token_id = model.config.eos_token_id
         if isinstance(pad_token_id, (list, tuple)):  # Llama 3.x configs list several eos ids: the first is the pad
             pad_token_id = pad_token_id[0] if pad_token_id else None
+        if pad_token_id is not None and not 0 <= pad_token_id < vocab:
+            raise ValueError(f"pad_token_id={pad_token_id} is outside the model's vocabulary of {vocab} (it fills the "
+                             "teacher-forced inputs past the sequence end); pass pad_token_id= an id in it")
         self.pad_token_id = pad_token_id
         # Row 0: the mean vector stored / embedding_scale; row 1: a log-std (used only by an option the official code
         # leaves off). The x100 reparameterisation is kept: under Adam it is a 100x learning rate (official quirk).

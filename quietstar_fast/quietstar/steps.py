@@ -24,20 +24,23 @@ class Rows:
         return self.ids.shape[1]
 
 
-def make_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_passes: int, pad_token_id: int,
+def make_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_passes: int, pad_token_id: int | None,
               labels: torch.Tensor | None = None) -> Rows:
     """``repeat_interleave`` keeps the P copies of an example next to each other: row = b * P + p. The labels are
     ``input_ids`` unless given; either way those equal to the pad id become -100, as the official model does to the
-    labels its collator passes (a copy of ``input_ids``)."""
+    labels its collator passes (a copy of ``input_ids``). Without a pad id only the attention mask ignores tokens."""
     ids = input_ids.repeat_interleave(n_passes, dim=0)
     labels = ids if labels is None else labels.repeat_interleave(n_passes, dim=0)
-    return Rows(ids, attention_mask.repeat_interleave(n_passes, dim=0).bool(),
-                labels.masked_fill(labels == pad_token_id, -100))
+    if pad_token_id is not None:
+        labels = labels.masked_fill(labels == pad_token_id, -100)
+    return Rows(ids, attention_mask.repeat_interleave(n_passes, dim=0).bool(), labels)
 
 
-def teacher_forced_ids(ids: torch.Tensor, shift: int, pad_token_id: int) -> torch.Tensor:
-    """x_{i + shift} for every position i, padded with the pad id past the end (the official talk-phase inputs)."""
-    tail = ids.new_full((ids.shape[0], shift), pad_token_id)
+def teacher_forced_ids(ids: torch.Tensor, shift: int, pad_token_id: int | None) -> torch.Tensor:
+    """x_{i + shift} for every position i, padded with the pad id past the end (the official talk-phase inputs).
+    The filler reaches only positions i >= n - shift, whose predictions the losses slice off, so without a pad id
+    any token does: 0."""
+    tail = ids.new_full((ids.shape[0], shift), 0 if pad_token_id is None else pad_token_id)
     return torch.cat([ids[:, shift:], tail], dim=1)
 
 

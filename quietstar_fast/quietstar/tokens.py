@@ -12,7 +12,7 @@ class ThoughtTokenIds:
     start: int
     end: int
     init: int
-    pad: int
+    pad: int | None  # None when the tokenizer has neither a pad nor an eos token
 
 
 def add_thought_tokens(model, tokenizer) -> ThoughtTokenIds:
