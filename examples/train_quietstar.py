@@ -247,5 +247,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    train(parse_args())
+    try:
+        train(parse_args())
+    finally:  # under torchrun (ours or the Trainer's process group), on success or failure
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     sys.exit(0)

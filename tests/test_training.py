@@ -132,16 +132,29 @@ def _wrap(quiet: QuietStar, strategy: str, world: int) -> torch.nn.Module:
 
 def _distributed_worker(rank: int, world: int, strategy: str, init_file: str, out_file: str):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    quiet, ids, noise = _tiny_quietstar()
-    share = ids.shape[0] // world
-    rows = slice(rank * share * 2, (rank + 1) * share * 2)  # n_passes = 2 rows per example
-    model = _wrap(quiet, strategy, world)
-    model(ids[rank * share:(rank + 1) * share], gumbel_noise=noise[:, rows]).loss.backward()
-    # FSDP leaves each rank a shard of every gradient (a DTensor); gather them to compare.
-    grads = {name: getattr(p.grad, "full_tensor", lambda g=p.grad: g)() for name, p in quiet.named_parameters()}
-    if rank == 0:
-        torch.save(grads, out_file)
-    torch.distributed.destroy_process_group()
+    try:
+        quiet, ids, noise = _tiny_quietstar()
+        share = ids.shape[0] // world
+        rows = slice(rank * share * 2, (rank + 1) * share * 2)  # n_passes = 2 rows per example
+        model = _wrap(quiet, strategy, world)
+        model(ids[rank * share:(rank + 1) * share], gumbel_noise=noise[:, rows]).loss.backward()
+        # FSDP leaves each rank a shard of every gradient (a DTensor); gather them to compare.
+        grads = {name: getattr(p.grad, "full_tensor", lambda g=p.grad: g)() for name, p in quiet.named_parameters()}
+        if rank == 0:
+            torch.save(grads, out_file)
+    finally:
+        torch.distributed.destroy_process_group()
+    Path(f"{out_file}.rank{rank}-destroyed").touch()
+    # End without interpreter finalisation. torch's backward stashes a contextvars.Context in thread-local state,
+    # so every collective launched inside it (DDP's all-reduce, FSDP's reduce-scatter) holds that Context, and a
+    # gloo worker thread frees the finished work, and with it the Context (a decref needing the GIL), shortly after
+    # completing it. Under load that can fall after finalisation has begun: CPython then ends the thread with
+    # pthread_exit, whose forced unwind through the noexcept destructor calls std::terminate (SIGABRT,
+    # "terminate called without an active exception"; core dumps show ~AsyncAllreduceWork -> ~ThreadLocalState ->
+    # decref -> take_gil -> PyThread_exit_thread). The process group is destroyed and the result saved by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -158,6 +171,7 @@ def test_two_processes_match_one_process_on_the_combined_batch(strategy, tmp_pat
     finally:
         os.environ.clear()
         os.environ.update(env_backup)
+    assert all(Path(f"{out_file}.rank{rank}-destroyed").exists() for rank in range(2))
     distributed = torch.load(out_file, weights_only=True)
     assert single.keys() == distributed.keys()
     for name, grad in single.items():
