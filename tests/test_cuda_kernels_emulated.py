@@ -29,6 +29,12 @@ def test_attention_matches_reference(case, dtype, emulated):
     attention_tests._check_against_reference(case, dtype, "cuda", CPU)
 
 
+@pytest.mark.parametrize("dtype", attention_tests.SIXTEEN_BIT, ids=str)
+@pytest.mark.parametrize("case", attention_tests.FOLDED_CASES, ids=str)
+def test_attention_folded_query_steps(case, dtype, emulated):
+    attention_tests.test_folded_query_steps_sum_key_gradients_in_fp32("cuda", case, dtype, CPU)
+
+
 def test_attention_bfloat16(emulated):
     attention_tests.test_bfloat16("cuda", CPU)
 

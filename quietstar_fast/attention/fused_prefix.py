@@ -91,6 +91,8 @@ def prefix_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     ``grad_lse`` (B, Hq, L) adds the log-sum-exp's gradient (dS += P * grad_lse), which the kernels do not take: q,
     k and v gain zero head-dim columns (scores and dV unchanged), dO a column of ones and ``out`` one of -grad_lse,
     so delta becomes rowsum(dO * out) - grad_lse. Exact, at the cost of widened copies of the inputs.
+
+    The gradients come back in q's dtype, except on CPU for 16-bit inputs: fp32 there (callers accumulate in fp32).
     """
     if grad_lse is not None:
         columns = _LSE_GRAD_COLUMNS[q.device.type]
@@ -107,6 +109,11 @@ def prefix_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     lse = lse.to(torch.float32) if q.dtype != torch.float64 else lse
     grad_out, q, k, v, out = (unit_stride_last(x) for x in (grad_out, q, k, v, out))
     if q.device.type == "cpu":
+        if q.dtype in (torch.float16, torch.bfloat16):
+            # The CPU kernel sums each key's dK/dV over query rows and heads in the input dtype (2.9x the error of
+            # a bf16 reference on folded query steps, issue #28): run it in fp32 and keep fp32 gradients.
+            grad_out, q, k, v, out = (x.float() for x in (grad_out, q, k, v, out))
+            additive_mask = None if additive_mask is None else additive_mask.float()
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_out, q, k, v, out, lse, 0.0, causal, attn_mask=additive_mask, scale=scale)
     unused_rng = torch.empty(0, dtype=torch.int64, device=q.device)  # read only with dropout
