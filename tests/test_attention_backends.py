@@ -9,6 +9,7 @@ import torch
 
 from attention_cases import OUTPUT_NAMES, Case, Problem, attention_comparisons, make_problem, run
 from backends import KERNEL_IMPLS
+from host_waits import HostWaits
 from tolerance import FIXED_ATOL, assert_fa_rule, assert_rule
 
 # Odd and block-straddling n, right/left/holed padding, GQA 4/2 and 4/1, a in {0, 1, 3, 6}, m in {1, 2, a+1},
@@ -100,6 +101,19 @@ def test_noncontiguous_inputs(impl, device):
     ref_out, ref_lse = thought_attention(problem.q, problem.k, problem.v, impl="reference", **args)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [Case(2, 4, 2, 12, 2, 3, 16), Case(2, 4, 2, 12, 2, 1, 16, "right"),
+                                  Case(2, 4, 1, 12, 2, 2, 16, "left"), Case(2, 2, 2, 12, 3, 4, 16, "holes", 5)],
+                         ids=str)
+@pytest.mark.parametrize("impl", ["torch", "sdpa", *KERNEL_IMPLS])
+def test_forward_and_backward_never_make_the_host_wait(impl, case, device):
+    """Every layer of every thought step calls this op twice (forward, backward): a value read back there would
+    stall the GPU's queue each time. The call's argument checks read shapes only."""
+    problem = make_problem(case, torch.float32, device)
+    with HostWaits() as waits:
+        run(problem, impl)
+    assert waits.ops == []
 
 
 def test_integer_key_padding_mask(device):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 transformers = pytest.importorskip("transformers", reason="the HF integration tests need transformers")
 
 from backends import KERNEL_IMPLS  # noqa: E402
+from host_waits import HostWaits  # noqa: E402
 from tolerance import (  # noqa: E402
     gradient_spreads, max_abs_error, relative_error, rms_norm_in_model_dtype, spread_bound,
 )
@@ -312,27 +312,7 @@ def test_generated_noise_runs_and_is_seeded():
     assert not torch.isin(draws[0], torch.tensor([95, 96])).any()
 
 
-class _HostWaits(TorchDispatchMode):
-    """Records the ops that make the host wait for the device: a value read back, or an output whose size depends
-    on the data (boolean indexing runs nonzero)."""
-
-    WAITING_OPS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::masked_select",
-                   "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive"}
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name
-        bool_index = name.startswith("aten::index") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ())
-        if name in self.WAITING_OPS or bool_index:
-            self.ops.append(name)
-        return func(*args, **(kwargs or {}))
-
-
-@pytest.mark.parametrize("kernel_impl", ["torch", *KERNEL_IMPLS])
+@pytest.mark.parametrize("kernel_impl", ["auto", "torch", *KERNEL_IMPLS])
 def test_fast_step_never_makes_the_host_wait(kernel_impl, device):
     """The fast step's forward and backward (after QuietStar.forward's input checks) never read a value back from the
     device, with padding and in-step thought sampling; on a GPU CUDA's sync debug mode checks the same."""
@@ -349,7 +329,7 @@ def test_fast_step_never_makes_the_host_wait(kernel_impl, device):
     if cuda:
         torch.cuda.set_sync_debug_mode("error")
     try:
-        with _HostWaits() as waits:
+        with HostWaits() as waits:
             run_step(fast, ids, mask, None, generator).loss.backward()
     finally:
         if cuda:

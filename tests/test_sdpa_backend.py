@@ -8,12 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from attention_cases import OUTPUT_NAMES, Case, make_problem, run
+from host_waits import HostWaits
 from quietstar_fast import thought_attention
 from quietstar_fast._platform import resolve_impl
 from quietstar_fast.attention.checks import check_attention_call
 from quietstar_fast.attention.fused_prefix import PINNED_SCHEMAS, fused_prefix_unsupported, schema_arguments
 from quietstar_fast.attention.sdpa_impl import sdpa_fallback
 from quietstar_fast.attention.sdpa_merge import prefix_plan
+from quietstar_fast.mask import official_step_mask
 
 
 @pytest.mark.parametrize("op_name", sorted(PINNED_SCHEMAS))
@@ -28,23 +30,30 @@ def _valid(rows: list[list[int]]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.bool)
 
 
-@pytest.mark.parametrize("key_valid, window, kind", [
-    (None, 0, "causal"),
-    (_valid([[1, 1, 1, 1], [1, 1, 1, 1]]), 0, "causal"),
-    (_valid([[1, 1, 1, 0], [1, 1, 1, 1]]), 0, "right_padded"),
-    (_valid([[0, 0, 0, 0], [1, 1, 0, 0]]), 0, "right_padded"),
-    (_valid([[0, 1, 1, 1], [1, 1, 1, 1]]), 0, "masked"),
-    (_valid([[1, 0, 1, 1], [1, 1, 1, 1]]), 0, "masked"),
-    (None, 2, "masked"),
-    (_valid([[1, 1, 1, 0], [1, 1, 1, 1]]), 2, "masked"),
+@pytest.mark.parametrize("key_valid, window", [
+    (None, 0),
+    (_valid([[1, 1, 1, 1], [1, 1, 1, 1]]), 0),
+    (_valid([[1, 1, 1, 0], [1, 1, 1, 1]]), 0),
+    (_valid([[0, 0, 0, 0], [1, 1, 0, 0]]), 0),
+    (_valid([[0, 1, 1, 1], [1, 1, 1, 1]]), 0),
+    (_valid([[1, 0, 1, 1], [0, 0, 1, 0]]), 0),
+    (None, 2),
+    (_valid([[1, 1, 1, 0], [0, 1, 1, 1]]), 2),
 ], ids=lambda x: str(x).replace("\n", ""))
-def test_prefix_plan_routes_each_mask(key_valid, window, kind):
-    plan = prefix_plan(key_valid, 4, window, torch.device("cpu"))
-    assert plan.kind == kind
-    if kind == "right_padded":
-        assert plan.lengths == tuple(key_valid.sum(1).tolist())
-    cuda_plan = prefix_plan(key_valid, 4, window, torch.device("cuda"))
-    assert cuda_plan.kind == ("delegate" if kind == "masked" else kind)
+def test_prefix_plan_is_the_prefix_mask_and_reads_no_value(key_valid, window):
+    """On CPU the causal kernel plus the plan's additive mask is the prefix part of ``quietstar_fast.mask``, built
+    without a host wait; on CUDA padding and windows go to Triton, decided without looking at the mask either."""
+    with HostWaits() as waits:
+        plan = prefix_plan(key_valid, 4, window, torch.device("cpu"), torch.float32)
+        cuda_plan = prefix_plan(key_valid, 4, window, torch.device("cuda"), torch.bfloat16)
+    assert waits.ops == []
+    expected = official_step_mask(4, 0, key_valid, window or None) == 0  # (B or 1, 1, 4, 4)
+    causal = torch.ones(4, 4, dtype=torch.bool).tril()
+    allowed = causal if plan.additive_mask is None else causal & (plan.additive_mask == 0)
+    assert torch.equal(allowed.expand(expected.shape), expected)
+    has_key = torch.ones(1, 1, 4, dtype=torch.bool) if plan.has_key is None else plan.has_key
+    assert torch.equal(has_key.expand(expected.shape[:3]), expected.any(dim=-1))
+    assert not plan.delegate and cuda_plan.delegate == (key_valid is not None or window > 0)
 
 
 SDPA_CASES = [
@@ -67,7 +76,7 @@ def test_float64_matches_the_reference(case):
 
 def test_fully_padded_and_right_padded_rows_together():
     """A row with no real token (its queries see nothing: o = 0, lse = -inf) next to a right-padded one, whose
-    padded queries take the extra non-causal pass."""
+    padded queries see every real key."""
     problem = make_problem(Case(3, 4, 2, 12, 2, 3, 16), torch.float64, "cpu")
     problem.mask = torch.arange(12)[None, :] < torch.tensor([[0], [5], [12]])
     result, oracle = run(problem, "sdpa"), run(problem, "reference")

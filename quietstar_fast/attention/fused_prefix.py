@@ -67,9 +67,9 @@ def fused_prefix_unsupported(device: torch.device, dtype: torch.dtype, head_dim:
 def prefix_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, *, causal: bool,
                    additive_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of q (B, Hq, L, d) over k, v (B, Hkv, S, d); causal = top-left aligned (query i sees keys
-    j <= i). ``additive_mask`` (B or 1, 1, L, S) in q's dtype, CPU only. Returns o (B, Hq, L, d) in q's dtype and
-    lse (B, Hq, L) contiguous in fp32 (fp64 for fp64). Rows that the mask hides entirely come back with o = 0 and an
-    undefined lse: the caller overrides it."""
+    j <= i). ``additive_mask`` (B or 1, 1, L or 1, S) in q's dtype, CPU only, on top of ``causal``. Returns o
+    (B, Hq, L, d) in q's dtype and lse (B, Hq, L) contiguous in fp32 (fp64 for fp64). Rows that the mask hides
+    entirely come back with o = 0 and an undefined lse: the caller overrides it."""
     q, k, v = (unit_stride_last(x) for x in (q, k, v))
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(

@@ -9,15 +9,13 @@ The backward feeds the fused kernel's backward the MERGED output and log-sum-exp
 exact share of the gradients (the identity ring attention rests on), and adds the stream part's gradients.
 
 Query steps fold into heads: q (B, Hq, m*n, d) is read as (B, Hq*m, n, d), whose head h*m + r maps to K/V head
-h // G, so the m steps share the prefix K/V with no copy and no loop. How the prefix is masked (``PrefixPlan``):
+h // G, so the m steps share the prefix K/V with no copy and no loop. How the prefix is masked (``PrefixPlan``) is
+decided from which arguments a call has, never from their values, so no call makes the host wait for the device:
 
-* "causal": no padding, or every token real. Plain causal attention.
-* "right_padded": each row is real up to a length L_b and padding after. Real queries see only real keys under
-  causality; the padded queries (which see all L_b real keys and no stream key) take one extra non-causal call per
-  padded row, and the main call ignores them.
-* "masked" (CPU): left padding, holes or a sliding window. The prefix mask of ``quietstar_fast.mask`` as an additive
-  (B or 1, 1, n, n) tensor: the CPU kernel takes one, at the cost of n*n elements per row.
-* "delegate" (CUDA): what the flash kernel cannot mask goes to the Triton kernels.
+* no padding and no window: plain causal attention;
+* CPU: the causal kernel plus an additive mask built on the device: (B, 1, 1, n) over the keys for padding of any
+  shape (right, left, holes), (B or 1, 1, n, n) from ``quietstar_fast.mask`` for a sliding window;
+* CUDA: the flash kernel takes no mask, so padding or a window goes to the Triton kernels ("delegate").
 
 ``sdpa_impl`` wraps both directions in custom ops, so the data-dependent choice of plan stays out of torch.compile's
 graphs.
@@ -36,29 +34,28 @@ from .stream_part import StreamPart
 
 @dataclass(frozen=True)
 class PrefixPlan:
-    kind: str  # "causal", "right_padded", "masked" or "delegate"
-    lengths: tuple[int, ...] = ()  # right_padded: the real tokens of each batch row
-    allowed: torch.Tensor | None = None  # masked: (B or 1, 1, n, n) bool
+    delegate: bool = False  # CUDA with padding or a window: the Triton kernels take the whole call
+    additive_mask: torch.Tensor | None = None  # (B, 1, 1, n) or (B or 1, 1, n, n) in the inputs' dtype; None = causal
+    has_key: torch.Tensor | None = None  # (B or 1, 1, n) bool: the query sees a prefix key; None = every query does
 
 
-def prefix_plan(key_valid: torch.Tensor | None, prefix_len: int, sliding_window: int, device: torch.device
-                ) -> PrefixPlan:
-    """How the prefix part of a call is masked; ``key_valid`` (B, n) (True/1 = real token), window 0 = none."""
-    if key_valid is not None:
-        valid = key_valid.to(torch.bool)
-        lengths = valid.sum(dim=1)
-        positions = torch.arange(prefix_len, device=valid.device)
-        if not sliding_window and bool(torch.equal(valid, positions[None] < lengths[:, None])):
-            if bool((lengths == prefix_len).all()):
-                return PrefixPlan("causal")
-            return PrefixPlan("right_padded", lengths=tuple(lengths.tolist()))
-    elif not sliding_window:
-        return PrefixPlan("causal")
+def prefix_plan(key_valid: torch.Tensor | None, prefix_len: int, sliding_window: int, device: torch.device,
+                dtype: torch.dtype) -> PrefixPlan:
+    """How the prefix part of a call on ``device`` with inputs of ``dtype`` is masked; ``key_valid`` (B, n)
+    (True/1 = real token), window 0 = none. Reads no value of ``key_valid``."""
+    if key_valid is None and not sliding_window:
+        return PrefixPlan()
     if device.type != "cpu":
-        return PrefixPlan("delegate")
-    mask = None if key_valid is None else key_valid.to(torch.bool)
-    allowed = official_step_mask(prefix_len, 0, mask, sliding_window or None, device=device) == 0
-    return PrefixPlan("masked", allowed=allowed)
+        return PrefixPlan(delegate=True)
+    if sliding_window:
+        mask = None if key_valid is None else key_valid.to(torch.bool)
+        allowed = official_step_mask(prefix_len, 0, mask, sliding_window, device=device) == 0
+        has_key = allowed.any(dim=-1)
+    else:
+        allowed = key_valid.to(torch.bool)[:, None, None, :]
+        has_key = (key_valid.to(torch.int32).cumsum(dim=-1) > 0)[:, None]  # a real key at or before the query
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+    return PrefixPlan(additive_mask=additive, has_key=has_key)
 
 
 class _Problem:
@@ -84,29 +81,12 @@ class _Problem:
         return self.k[:, :, :self.n], self.v[:, :, :self.n]
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
-
-
 def _prefix_attention(p: _Problem, plan: PrefixPlan) -> tuple[torch.Tensor, torch.Tensor]:
     """The prefix part: o (B, Hq*m, n, d), lse (B, Hq*m, n) with -inf where a query sees no prefix key."""
-    q = p.heads(p.q)
     k, v = p.prefix_kv()
-    if plan.kind == "masked":
-        out, lse = prefix_forward(q, k, v, p.scale, causal=False, additive_mask=_additive(plan.allowed, q.dtype))
-        return out, lse.masked_fill(~plan.allowed.any(dim=-1), float("-inf"))  # (B or 1, 1, n) over the heads
-    out, lse = prefix_forward(q, k, v, p.scale, causal=True)
-    for row, length in enumerate(plan.lengths):
-        if length == p.n:
-            continue
-        if length == 0:
-            out[row].zero_()
-            lse[row].fill_(float("-inf"))
-            continue
-        pad_out, pad_lse = prefix_forward(q[row:row + 1, :, length:], k[row:row + 1, :, :length],
-                                          v[row:row + 1, :, :length], p.scale, causal=False)
-        out[row, :, length:] = pad_out[0]
-        lse[row, :, length:] = pad_lse[0]
+    out, lse = prefix_forward(p.heads(p.q), k, v, p.scale, causal=True, additive_mask=plan.additive_mask)
+    if plan.has_key is not None:
+        lse = lse.masked_fill(~plan.has_key, float("-inf"))  # broadcast over the heads
     return out, lse
 
 
@@ -126,8 +106,8 @@ def sdpa_forward(q, k, v, key_valid, prefix_len: int, sliding_window: int, softm
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(o, lse, the stream keys' probabilities under the merged softmax (B, Hkv, n, G*m, a), for the backward)."""
     p = _Problem(q, k, v, prefix_len, softmax_scale)
-    plan = prefix_plan(key_valid, prefix_len, sliding_window, q.device)
-    if plan.kind == "delegate":
+    plan = prefix_plan(key_valid, prefix_len, sliding_window, q.device, q.dtype)
+    if plan.delegate:
         from .triton_impl import thought_attention_fwd
 
         out, lse = thought_attention_fwd(q, k, v, None if key_valid is None else key_valid.to(torch.int8),
@@ -152,49 +132,23 @@ def sdpa_forward(q, k, v, key_valid, prefix_len: int, sliding_window: int, softm
 def sdpa_backward(q, k, v, out, lse, stream_probs, grad_out, grad_lse, key_valid, prefix_len: int,
                   sliding_window: int, softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     p = _Problem(q, k, v, prefix_len, softmax_scale)
-    plan = prefix_plan(key_valid, prefix_len, sliding_window, q.device)
-    if plan.kind == "delegate":
+    plan = prefix_plan(key_valid, prefix_len, sliding_window, q.device, q.dtype)
+    if plan.delegate:
         from .triton_impl import thought_attention_bwd
 
         return thought_attention_bwd(q, k, v, out, lse, grad_out, grad_lse,
                                      None if key_valid is None else key_valid.to(torch.int8),
                                      prefix_len, sliding_window, softmax_scale)
-    if grad_lse is not None and not bool(torch.any(grad_lse != 0)):
-        grad_lse = None
     n = p.n
-    head_q, head_out, head_grad = p.heads(q), p.heads(out), p.heads(grad_out)
-    head_lse = p.head_stats(_positive_infinity_where_empty(lse))
-    head_grad_lse = None if grad_lse is None else p.head_stats(grad_lse)
     prefix_k, prefix_v = p.prefix_kv()
-    main_grad, main_lse, main_grad_lse = head_grad, head_lse, head_grad_lse
-    if plan.lengths:
-        # The main call must not see the padded queries: zero output gradient and P = 0 there.
-        main_grad, main_lse = head_grad.clone(), head_lse.clone()
-        main_grad_lse = None if head_grad_lse is None else head_grad_lse.clone()
-        for row, length in enumerate(plan.lengths):
-            main_grad[row, :, length:] = 0
-            main_lse[row, :, length:] = float("inf")
-            if main_grad_lse is not None:
-                main_grad_lse[row, :, length:] = 0
-    mask = None if plan.kind != "masked" else _additive(plan.allowed, q.dtype)
-    dq, dk_prefix, dv_prefix = prefix_backward(main_grad, head_q, prefix_k, prefix_v, head_out, main_lse,
-                                               p.scale, causal=mask is None, additive_mask=mask,
-                                               grad_lse=main_grad_lse)
+    dq, dk_prefix, dv_prefix = prefix_backward(
+        p.heads(grad_out), p.heads(q), prefix_k, prefix_v, p.heads(out),
+        p.head_stats(_positive_infinity_where_empty(lse)), p.scale, causal=True, additive_mask=plan.additive_mask,
+        grad_lse=None if grad_lse is None else p.head_stats(grad_lse))
     dq = dq.to(p.cdtype)
     dk = torch.empty(k.shape, dtype=p.cdtype, device=k.device)
     dv = torch.empty_like(dk)
     dk[:, :, :n], dv[:, :, :n] = dk_prefix, dv_prefix
-    for row, length in enumerate(plan.lengths):
-        if not 0 < length < n:
-            continue  # no padded query, or no real key for them to see
-        rows, padded = slice(row, row + 1), slice(length, n)
-        pad_dq, pad_dk, pad_dv = prefix_backward(
-            head_grad[rows, :, padded], head_q[rows, :, padded], prefix_k[rows, :, :length],
-            prefix_v[rows, :, :length], head_out[rows, :, padded], head_lse[rows, :, padded], p.scale,
-            causal=False, grad_lse=None if head_grad_lse is None else head_grad_lse[rows, :, padded])
-        dq[rows, :, padded] += pad_dq
-        dk[rows, :, :length] += pad_dk
-        dv[rows, :, :length] += pad_dv
     dq = dq.reshape(*p.grouped, -1)
     if p.a > 0:
         stream = StreamPart(k, v, key_valid, p.grouped, p.cdtype)
