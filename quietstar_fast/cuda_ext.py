@@ -11,6 +11,8 @@ import importlib
 
 import torch
 
+from .cuda_checks import CheckedOps
+
 BUILD_HINT = (
     "build it with a CUDA build of torch and the CUDA toolkit (nvcc) installed: "
     "QUIETSTAR_BUILD_CUDA=1 pip install --no-build-isolation -e . (see csrc/README.md); "
@@ -33,13 +35,14 @@ def cuda_extension_available() -> bool:
     return _import_error() is None
 
 
-def ops():
-    """``torch.ops.quietstar_fast``, with a clear error when the extension is missing."""
+def ops() -> CheckedOps:
+    """``torch.ops.quietstar_fast`` behind Python-side argument checks (``cuda_checks``), with a clear error when the
+    extension is missing."""
     error = _import_error()
     if error is not None:
         raise RuntimeError(f"impl='cuda' needs the extension quietstar_fast._C, which could not be imported "
                            f"({error}); {BUILD_HINT}")
-    return torch.ops.quietstar_fast
+    return CheckedOps()
 
 
 def _register_fakes() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from quietstar_fast.cuda_checks import CheckedOps
 from quietstar_fast.cuda_toolkit import find_cuda_toolkit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,13 +79,13 @@ def ptx_probe():
 
 def use_emulated_cuda_kernels(monkeypatch) -> None:
     """Until ``monkeypatch`` undoes it, impl="cuda" runs the emulated kernels on CPU tensors through the real Python
-    wrappers (public functions, autograd functions, loss backend)."""
+    wrappers (public functions, autograd functions, loss backend) and the ops' Python-side argument checks."""
     import quietstar_fast.attention.api as attention_api
     import quietstar_fast.attention.cuda_impl as attention_cuda
     import quietstar_fast.cuda_ext as cuda_ext
     import quietstar_fast.loss.api as loss_api
 
-    ops = emulated_ops()
+    ops = CheckedOps(emulated_ops(), device_type="cpu")
     for module in (attention_api, loss_api):
         def resolve(impl, x, real=module.resolve_impl, **kwargs):
             return "cuda" if impl == "cuda" else real(impl, x, **kwargs)

@@ -50,9 +50,23 @@ def test_extension_imports_and_registers_its_ops():
 
 
 def _ops():
+    """The C++ ops themselves, without the Python-side checks that ``cuda_ext.ops()`` puts in front of them: these
+    tests check the C++ op layer's own validation (run with -X faulthandler and -v by the GPU check, so that a crash
+    names its case)."""
     from quietstar_fast.cuda_ext import ops
 
-    return ops()
+    return ops().raw
+
+
+@built
+def test_the_library_calls_the_ops_behind_python_checks():
+    from quietstar_fast.cuda_checks import CheckedOps
+    from quietstar_fast.cuda_ext import ops
+
+    assert isinstance(ops(), CheckedOps) and ops().raw is torch.ops.quietstar_fast
+    q, k, v = _attention_inputs()
+    with pytest.raises(ValueError, match="quietstar_fast::thought_attention_fwd runs on CUDA tensors; q is on cpu"):
+        ops().thought_attention_fwd(q, k, v, None, 8, 0, 0.125)
 
 
 CPU_ERROR = r'runs on CUDA tensors; the inputs are on cpu\. Use impl="torch" for CPU tensors'
