@@ -184,9 +184,11 @@ def add_common_args(parser: argparse.ArgumentParser, providers: tuple[str, ...],
     parser.add_argument("--tag", default=None, help="file name tag (default: cpu / the GPU name)")
 
 
-def prepare(args: argparse.Namespace, cuda_only: set[str]) -> tuple[torch.device, list[str], str, str]:
+def prepare(args: argparse.Namespace, cuda_only: set[str], extension_providers: set[str] = frozenset({"cuda"})
+            ) -> tuple[torch.device, list[str], str, str]:
     """Set up the device (CPU: exact memory accounting, thread count); returns (device, runnable providers,
-    device description, library versions), printing what was skipped."""
+    device description, library versions), printing what was skipped (``extension_providers``: the providers that
+    need quietstar_fast._C)."""
     device = torch.device(args.device)
     if device.type == "cpu":
         ensure_exact_cpu_memory_accounting()
@@ -194,9 +196,10 @@ def prepare(args: argparse.Namespace, cuda_only: set[str]) -> tuple[torch.device
     skipped = [p for p in args.providers if p in cuda_only and device.type != "cuda"]
     if skipped:
         print(f"note: skipped GPU-only providers on {device.type}: {', '.join(skipped)}")
-    if "cuda" in args.providers and "cuda" not in skipped and not cuda_extension_available():
-        skipped.append("cuda")
-        print("note: skipped provider cuda: the extension quietstar_fast._C is not built")
+    for provider in (p for p in args.providers if p in extension_providers and p not in skipped):
+        if not cuda_extension_available():
+            skipped.append(provider)
+            print(f"note: skipped provider {provider}: the extension quietstar_fast._C is not built")
     device_name, version = device_description(device), versions()
     print(f"device: {device_name}\nversions: {version}")
     return device, [p for p in args.providers if p not in skipped], device_name, version

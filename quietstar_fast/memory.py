@@ -19,6 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .attention import torch_impl as torch_attention
 from .lora import LORA_PROJECTIONS, add_lora
 from .loss import chunked
 from .quietstar import QuietStar
@@ -88,13 +89,17 @@ def _mark_seen(storage) -> bool:
 
 
 @contextmanager
-def _loss_chunks_as_on(device: str):
-    """The LM-head ops size their logit chunks by device type: on the meta device, size them as on ``device``."""
-    chunked._CHUNK_ELEMENTS["meta"] = chunked._CHUNK_ELEMENTS[device]
+def _chunks_as_on(device: str):
+    """The LM-head ops and the PyTorch attention size their chunks by device type: on the meta device, size them as
+    on ``device``."""
+    budgets = (chunked._CHUNK_ELEMENTS, torch_attention.SCORE_CHUNK_ELEMENTS)
+    for budget in budgets:
+        budget["meta"] = budget[device]
     try:
         yield
     finally:
-        del chunked._CHUNK_ELEMENTS["meta"]
+        for budget in budgets:
+            del budget["meta"]
 
 
 def _meta_quietstar(config, dtype, checkpointing, lora_rank, lora_targets, lora_fp32, options):
@@ -144,7 +149,7 @@ def estimate_step_memory(config, batch: int, seq_len: int, *, n_ahead: int = 12,
     quiet = _meta_quietstar(config, dtype, checkpointing, lora_rank, lora_targets, lora_fp32, options)
     quiet.train()
     ids = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
-    with _loss_chunks_as_on(device), _LiveBytes() as tracker:
+    with _chunks_as_on(device), _LiveBytes() as tracker:
         run_step(quiet, ids, torch.ones_like(ids)).loss.backward()
     trainable = _parameter_bytes(quiet, trainable_only=True)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

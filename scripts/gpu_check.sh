@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check, in two profiles, on a CUDA machine whose python3 already has a CUDA torch and triton (the device
-# tool's H200 image; README.md, "The GPU check"):
-#   PROFILE=quick OUT=/some/dir bash scripts/gpu_check.sh   # <= 6 minutes: versions, the sm_90a build, a
-#                                                           # correctness smoke test of every kernel, headline benches
-#   PROFILE=full  OUT=/some/dir bash scripts/gpu_check.sh   # GPU tests, compute-sanitizer, full benchmarks, long fuzz
+# tool's H100/H200 image; README.md, "The GPU check"):
+#   PROFILE=quick OUT=/some/dir bash scripts/gpu_check.sh   # <= 6 minutes, the headline first: versions, the 1B
+#                                                           # Quiet-STaR step, the attention and loss headline rows,
+#                                                           # the correctness smoke of the Triton and sdpa kernels,
+#                                                           # the 7B LoRA step. No extension build (78 s): the CUDA
+#                                                           # kernels are the full profile's.
+#   PROFILE=full  OUT=/some/dir bash scripts/gpu_check.sh   # the build, the CUDA kernels' smoke and binding tests,
+#                                                           # GPU tests, compute-sanitizer, full benchmarks, long fuzz
 #   STAGES="tests sanitizer" PROFILE=full ...               # a subset of a profile's steps, e.g. to split the full
 #                                                           # profile over consecutive device calls
 #   BUDGET_tests=200 STAGES=tests PROFILE=full ...          # a step's budget in seconds, overridden
@@ -25,9 +29,10 @@ export WHEEL_SITE=/tmp/quietstar_gpu_site
 
 case "$PROFILE" in
   # name:budget_seconds; the quick budgets add up to 360 s. Measured on the H200 (2026-11-30, cold caches): build
-  # 78 s, smoke ~100 s (mostly Triton compiling), attention ~45 s for n=256 alone, loss ~85 s for both modes.
-  quick) STEPS="versions:15 wheels:10 build:110 smoke:105 bench_attention:60 bench_loss:60" ;;
-  full) STEPS="versions:15 wheels:15 build:150 tests:420 sanitizer:300 bench_attention:240 bench_loss:240 bench_step:300 big_step:300 bench_generate:180 fuzz:420" ;;
+  # 78 s, smoke ~100 s with the CUDA kernels (mostly Triton compiling), attention ~45 s for n=256 alone, loss ~85 s
+  # for both modes. The steps (1B, 7B) are estimates: a 1B step at B=8, n=256 with checkpointing is ~5e14 FLOPs.
+  quick) STEPS="versions:15 wheels:10 step:100 bench_attention:50 bench_loss:50 smoke:60 big_step:75" ;;
+  full) STEPS="versions:15 wheels:15 build:150 extension:120 tests:420 sanitizer:300 bench_attention:240 bench_loss:240 bench_step:420 big_step:300 bench_generate:180 fuzz:420" ;;
   *) echo "PROFILE must be quick or full, got '$PROFILE'" >&2; exit 2 ;;
 esac
 SELECTED=" ${STAGES:-$(for s in $STEPS; do printf '%s ' "${s%%:*}"; done)} "
@@ -65,28 +70,48 @@ build() {
   return 1
 }
 
+step() {
+  # The headline: a Llama-3.2-1B-shaped step at the paper's settings (B=8, n=256, N=12, T=4, P=2, AdamW), the fast
+  # path with checkpointing first, then without it and the official path (an out-of-memory row is a result).
+  $PY benchmarks/bench_step.py --preset gpu --models llama1b --seq-len 256 --providers fast-ckpt fast reference \
+    --out "$WORK"
+}
+
 smoke() {
-  $PY scripts/gpu_smoke.py --out "$WORK/smoke.csv"
+  # The quick profile has no extension build: the Triton and sdpa kernels; the full profile's extension step adds
+  # the CUDA kernels.
+  $PY scripts/gpu_smoke.py --impls triton sdpa --out "$WORK/smoke.csv"
+}
+
+extension() {
+  # The CUDA kernels' smoke, then the extension's binding tests alone, serial and verbose under faulthandler: on the
+  # H200 (2026-11-30) its argument-validation tests crashed the process, and this names the crashing case.
+  local status=0
+  $PY scripts/gpu_smoke.py --impls cuda --out "$WORK/smoke_cuda.csv" || status=1
+  $PY -X faulthandler -m pytest -v -p no:cacheprovider -p no:xdist tests/test_cuda_extension.py || status=1
+  return $status
 }
 
 bench_attention() {
-  # FlexAttention compiles per shape (tens of seconds each): it runs last, in its own file, so that a budget that
-  # stops it keeps every other provider's numbers.
-  local providers="triton cuda sdpa official sdpa_causal_prefix"
-  [ "$PROFILE" = full ] && providers="$providers torch"
-  $PY benchmarks/bench_attention.py --preset gpu-target --providers $providers --out "$WORK" || return 1
-  # Full: the CUDA kernels' target shapes (n up to 8192) against flash SDPA on the prefix, before FlexAttention.
-  if [ "$PROFILE" = full ]; then
-    $PY benchmarks/bench_attention.py --preset kernel-target --providers cuda triton sdpa_causal_prefix \
-      --out "$WORK" || return 1
+  # Quick: n = 256 and 1024 of the gpu-target shape (B=8, 32/8 heads, d=128, a=12, bf16), ours next to the floor
+  # (causal SDPA over the prefix) and the official dense path. Full: the whole preset, the CUDA kernels, their
+  # target shapes (n up to 8192), and FlexAttention last, in its own file, since it compiles per shape (tens of
+  # seconds each) and a budget that stops it keeps every other provider's numbers.
+  if [ "$PROFILE" = quick ]; then
+    $PY benchmarks/bench_attention.py --n 256 1024 --a 12 --m 1 --batch 8 --q-heads 32 --kv-heads 8 --d 128 \
+      --dtype bf16 --providers sdpa_causal_prefix triton sdpa official --tag gpu-target --out "$WORK"
+    return
   fi
+  $PY benchmarks/bench_attention.py --preset gpu-target --providers triton cuda sdpa official sdpa_causal_prefix \
+    torch --out "$WORK" || return 1
+  $PY benchmarks/bench_attention.py --preset kernel-target --providers cuda triton sdpa_causal_prefix \
+    --out "$WORK" || return 1
   $PY benchmarks/bench_attention.py --preset gpu-target --providers flex --tag flex --out "$WORK"
 }
 
 bench_loss() {
-  # Quick: training's forward + backward only, ours first.
-  local args=(--rows 8192 --hidden 4096 --vocab 32000 128256 --providers triton cuda reference liger cce
-              --modes fwd_bwd)
+  # Quick: training's forward + backward at V=32000, ours first, then the materialised reference, Liger, Cut CE.
+  local args=(--rows 8192 --hidden 4096 --vocab 32000 --providers triton reference liger cce --modes fwd_bwd)
   [ "$PROFILE" = full ] && args=(--rows 2048 8192 --hidden 4096 --vocab 32000 128256)
   $PY benchmarks/bench_loss.py "${args[@]}" --out "$WORK"
 }
@@ -96,9 +121,7 @@ tests() {
   # each test as it finishes (a budget that stops the run keeps them); a per-test timeout stops a hang.
   local options=(-v -p no:cacheprovider) status=0
   $PY -c "import pytest_timeout" 2> /dev/null && options+=(--timeout 120)
-  # The extension's binding tests first, alone and serial: on the H200 (2026-11-30) its argument-validation tests
-  # crashed the process (segmentation fault), and -v without xdist names the case that crashes.
-  $PY -m pytest "${options[@]}" tests/test_cuda_extension.py || status=1
+  # (The extension's binding tests ran alone in the extension step.)
   $PY -c "import xdist" 2> /dev/null && options+=(-n 8)
   $PY -m pytest "${options[@]}" tests --ignore=tests/test_cuda_extension.py --ignore=tests/test_aot_compile.py \
     --ignore=tests/test_cuda_kernels_emulated.py --ignore=tests/test_smollm2.py --ignore=tests/test_training.py \
@@ -127,7 +150,8 @@ sanitizer() {
 }
 
 bench_step() {
-  $PY benchmarks/bench_step.py --max-len "${STEP_MAX_LEN:-4096}" --out "$WORK"
+  # The whole headline table: llama1b and qwen1.5b at n = 256 and 1024, every provider.
+  $PY benchmarks/bench_step.py --preset gpu --out "$WORK"
 }
 
 big_step() {
@@ -145,13 +169,15 @@ fuzz() {
   QUIETSTAR_FUZZ_PROFILE=long $PY -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 }
 
-export -f versions wheels build smoke bench_attention bench_loss tests sanitizer bench_step big_step bench_generate fuzz
+export -f versions wheels build step smoke extension bench_attention bench_loss tests sanitizer bench_step big_step \
+  bench_generate fuzz
 
 # ---- the runner --------------------------------------------------------------------------------------------------
 
 pack() {  # what $OUT returns: the step table, the smoke CSV, and everything else in one tarball
   cp "$WORK/steps.csv" "$OUT/steps_$PROFILE.csv"
   [ -f "$WORK/smoke.csv" ] && cp "$WORK/smoke.csv" "$OUT/smoke.csv"
+  ls "$WORK"/step_*.csv > /dev/null 2>&1 && cp "$WORK"/step_*.csv "$OUT/"
   tar czf "$OUT/.partial.tar.gz" -C "$WORK" . && mv "$OUT/.partial.tar.gz" "$OUT/gpu_check_$PROFILE.tar.gz"
 }
 

@@ -13,15 +13,18 @@ import torch
 from .._platform import statistics_dtype
 from .checks import AttentionCall
 
-# Prefix score elements per chunk (all heads and query steps together): bounds the temporaries at a few MB.
-_SCORE_CHUNK_ELEMENTS = 1 << 20
+# Prefix score elements per chunk (all heads and query steps together), by device type: a few MB of temporaries on
+# CPU; on a GPU 128 MB, which keeps the launches per call few (a 1B model's step at B*P = 16, n = 256 takes 4 chunks
+# per call instead of 128). ``quietstar_fast.memory`` sizes meta-device chunks as on the device it estimates for.
+SCORE_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}
 
 
-def _position_chunks(call: AttentionCall):
+def _position_chunks(call: AttentionCall, device: torch.device):
     """Yield (i0, i1, j0): query positions [i0, i1) and their first reachable prefix key j0."""
     layout = call.layout
     n, m = layout.prefix_len, layout.num_query_steps
-    chunk = max(1, min(n, _SCORE_CHUNK_ELEMENTS // (call.batch * call.num_q_heads * m * n)))
+    budget = SCORE_CHUNK_ELEMENTS.get(device.type, SCORE_CHUNK_ELEMENTS["cuda"])
+    chunk = max(1, min(n, budget // (call.batch * call.num_q_heads * m * n)))
     for i0 in range(0, n, chunk):
         i1 = min(n, i0 + chunk)
         j0 = 0 if layout.sliding_window is None else max(0, i0 - layout.sliding_window + 1)
@@ -87,7 +90,7 @@ class _ThoughtAttentionTorch(torch.autograd.Function):
         b, hkv, g, d = call.batch, call.num_kv_heads, call.group_size, call.head_dim
         out = torch.empty(b, hkv, g, m, n, d, dtype=q.dtype, device=q.device)
         lse = torch.empty(b, hkv, g, m, n, dtype=statistics_dtype(q.dtype), device=q.device)
-        for i0, i1, j0 in _position_chunks(call):
+        for i0, i1, j0 in _position_chunks(call, q.device):
             chunk = _Chunk(call, q, k, v, i0, i1, j0)
             probs = chunk.prefix_scores()
             row_max = probs.amax(dim=-1)
@@ -132,7 +135,7 @@ class _ThoughtAttentionTorch(torch.autograd.Function):
         dk = torch.zeros(b, hkv, (a + 1) * n, d, dtype=cdtype, device=q.device)
         dv = torch.zeros_like(dk)
         dks, dvs = dk[:, :, n:].view(b, hkv, a, n, d), dv[:, :, n:].view(b, hkv, a, n, d)
-        for i0, i1, j0 in _position_chunks(call):
+        for i0, i1, j0 in _position_chunks(call, q.device):
             chunk = _Chunk(call, q, k, v, i0, i1, j0)
             chunk_lse = lse[..., i0:i1, None]
             d_out = grad_out[..., i0:i1, :].to(cdtype)
