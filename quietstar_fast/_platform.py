@@ -25,17 +25,18 @@ def triton_can_run_on(device: torch.device) -> bool:
 
 IMPLS = ("auto", "triton", "cuda", "torch", "reference")
 ATTENTION_IMPLS = IMPLS + ("sdpa",)
-# "auto" for CPU attention, from benchmarks/results/attention_cpu_cpu-auto.csv (the shapes of a Quiet-STaR step):
-# sdpa beats torch in fp32 at every measured n (64 to 4096) and in bf16 from n = 256 (ten of twelve shapes at least
-# 1.09x faster, two within 4%; below, PyTorch's fused bf16 backward often costs more than it saves); in fp16 PyTorch's
-# fused CPU backward made it up to 3.1x slower than torch.
-SDPA_MIN_PREFIX_BF16_CPU = 256
+# "auto" for CPU attention, from benchmarks/results/attention_cpu_cpu-auto.csv (the shapes of a Quiet-STaR step,
+# torch time / sdpa time, forward + backward, 12 shapes per dtype and n): fp32 1.03-3.69x at n = 64..256 (and faster
+# at every n up to 4096 in the sweep); bf16 1.00-2.20x at n = 64 and 128, 0.93-1.92x at 256 (one shape below 1); fp16
+# 0.92-1.71x at n = 64 (four shapes below 1), 0.80-1.60x at 128 (one), 1.04-1.98x at 256. Since issue #28 the
+# fused CPU backward runs 16-bit inputs in fp32, which also made it faster than PyTorch's own 16-bit CPU backward.
+SDPA_MIN_PREFIX_FP16_CPU = 256
 
 
 def resolve_impl(impl: str, x: torch.Tensor, *, attention: bool = False, prefix_len: int = 0) -> str:
     """The backend ``impl`` means for inputs like ``x`` (``attention``: for ``thought_attention``, which also has
     "sdpa"; ``prefix_len`` its n). "auto" is triton for CUDA tensors (not fp64); for CPU attention it is sdpa in
-    fp32, and in bf16 from n = ``SDPA_MIN_PREFIX_BF16_CPU``; else torch. Raises a clear error when the request
+    fp32 and bf16, and in fp16 from n = ``SDPA_MIN_PREFIX_FP16_CPU``; else torch. Raises a clear error when the request
     cannot run here."""
     allowed = ATTENTION_IMPLS if attention else IMPLS
     if impl not in allowed:
@@ -43,7 +44,8 @@ def resolve_impl(impl: str, x: torch.Tensor, *, attention: bool = False, prefix_
     if impl == "auto":
         if x.device.type == "cuda" and triton_installed() and x.dtype != torch.float64:
             return "triton"
-        sdpa_wins = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and prefix_len >= SDPA_MIN_PREFIX_BF16_CPU)
+        sdpa_wins = x.dtype in (torch.float32, torch.bfloat16) or (
+            x.dtype == torch.float16 and prefix_len >= SDPA_MIN_PREFIX_FP16_CPU)
         return "sdpa" if attention and x.device.type == "cpu" and sdpa_wins else "torch"
     if impl == "cuda":
         if x.device.type != "cuda":

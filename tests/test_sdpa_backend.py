@@ -141,9 +141,9 @@ def test_what_the_fused_kernels_cannot_take_goes_elsewhere():
 def test_auto_picks_sdpa_for_cpu_attention_where_it_was_measured_faster():
     x = torch.zeros(1)
     assert resolve_impl("auto", x, attention=True, prefix_len=64) == "sdpa"
-    assert resolve_impl("auto", x.bfloat16(), attention=True, prefix_len=128) == "torch"
-    assert resolve_impl("auto", x.bfloat16(), attention=True, prefix_len=256) == "sdpa"
-    assert resolve_impl("auto", x.half(), attention=True, prefix_len=256) == "torch"
+    assert resolve_impl("auto", x.bfloat16(), attention=True, prefix_len=64) == "sdpa"
+    assert resolve_impl("auto", x.half(), attention=True, prefix_len=128) == "torch"
+    assert resolve_impl("auto", x.half(), attention=True, prefix_len=256) == "sdpa"
     assert resolve_impl("auto", x.double(), attention=True, prefix_len=256) == "torch"
     assert resolve_impl("auto", x) == "torch"
     with pytest.raises(ValueError, match="impl must be one of"):

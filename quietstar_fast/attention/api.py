@@ -35,7 +35,8 @@ def thought_attention(
             attention kernels for the causal prefix, merged exactly with the own-stream part; what they cannot take
             goes to triton on CUDA, torch elsewhere: docs/api.md), "torch" (chunked PyTorch, memory-efficient),
             "reference" (dense mask, as the official code), or "auto" (triton for CUDA tensors; on CPU sdpa in
-            fp32 and, from n = 256, in bf16, else torch: measured in benchmarks/results/attention_cpu_cpu-auto.csv).
+            fp32 and bf16 and, from n = 256, in fp16, else torch: measured in
+            benchmarks/results/attention_cpu_cpu-auto.csv).
 
     Returns:
         o (B, Hq, m*n, d) in q's dtype, and lse if ``return_lse``. A query with no visible key (every key up to it
