@@ -312,6 +312,23 @@ def test_generated_noise_runs_and_is_seeded():
     assert not torch.isin(draws[0], torch.tensor([95, 96])).any()
 
 
+@pytest.mark.parametrize("layers, n_ahead", [(1, 4), (3, 4), (1, 7)])
+def test_a_whole_training_call_waits_for_the_device_once(layers, n_ahead, device):
+    """QuietStar.__call__ plus backward, input checks included: one host wait (the right-padding check of the
+    attention mask), whatever the number of layers and thought steps."""
+    config = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                      pad_token_id=0, eos_token_id=0, attn_implementation="sdpa")
+    quiet = QuietStar(transformers.LlamaForCausalLM(config), start_token_id=95, end_token_id=96, init_token_id=5,
+                      n_ahead=n_ahead, n_ahead_talk=2).to(device)
+    ids = torch.randint(1, 95, (2, 8), device=device)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with HostWaits() as waits:
+        quiet(ids, mask).loss.backward()
+    assert waits.ops == ["aten::_local_scalar_dense"]
+
+
 @pytest.mark.parametrize("kernel_impl", ["auto", "torch", *KERNEL_IMPLS])
 def test_fast_step_never_makes_the_host_wait(kernel_impl, device):
     """The fast step's forward and backward (after QuietStar.forward's input checks) never read a value back from the
