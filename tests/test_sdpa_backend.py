@@ -116,6 +116,24 @@ def test_gradient_through_lse_alone(padding):
     assert grads["sdpa"][0].abs().max() > 0
 
 
+@pytest.mark.parametrize("stream_steps", [0, 2])
+@pytest.mark.parametrize("padded", [False, True])
+def test_the_custom_op_passes_opcheck_on_strided_queries(stream_steps, padded):
+    """The fake kernels must give the real outputs' shapes and strides, for queries laid out as HF passes them
+    ((B, H, T, d) views of (B, T, H, d)), or torch.compile's generated code rejects an output at run time."""
+    from quietstar_fast.attention.sdpa_impl import thought_attention_bwd, thought_attention_fwd
+
+    q = torch.randn(2, 16, 8, 32).transpose(1, 2).requires_grad_(True)
+    k = torch.randn(2, 4, 16 * (stream_steps + 1), 32, requires_grad=True)
+    v = torch.randn_like(k, requires_grad=True)
+    valid = (torch.arange(16) < torch.tensor([[16], [11]])) if padded else None
+    torch.library.opcheck(thought_attention_fwd, (q, k, v, valid, 16, 0, 0.2))
+    out, lse, stream_probs = (x.detach() for x in thought_attention_fwd(q, k, v, valid, 16, 0, 0.2))
+    grad_out = torch.randn(2, 16, 8, 32).transpose(1, 2)
+    torch.library.opcheck(thought_attention_bwd, (q.detach(), k.detach(), v.detach(), out, lse, stream_probs, grad_out,
+                                                  torch.randn_like(lse), valid, 16, 0, 0.2))
+
+
 def test_plain_causal_call_is_public_sdpa():
     """No stream keys, no padding, no window and no lse requested: the public SDPA computes the whole op."""
     q = torch.randn(2, 4, 9, 16)

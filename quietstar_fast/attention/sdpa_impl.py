@@ -20,8 +20,10 @@ def thought_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key
                           prefix_len: int, sliding_window: int, softmax_scale: float
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(o, lse, the stream keys' probabilities (B, Hkv, n, G*m, a) for the backward, or an empty tensor);
-    ``key_valid`` (B, n) bool or None, ``sliding_window`` 0 = none."""
-    return sdpa_forward(q, k, v, key_valid, prefix_len, sliding_window, softmax_scale)
+    ``key_valid`` (B, n) bool or None, ``sliding_window`` 0 = none. o is contiguous, as the fake kernel says (the
+    CPU kernel's output follows q's strides, and HF passes q as a view)."""
+    out, lse, stream_probs = sdpa_forward(q, k, v, key_valid, prefix_len, sliding_window, softmax_scale)
+    return out.contiguous(), lse, stream_probs
 
 
 @thought_attention_fwd.register_fake
@@ -37,8 +39,10 @@ def thought_attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out
                           key_valid: Optional[torch.Tensor], prefix_len: int, sliding_window: int,
                           softmax_scale: float
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return sdpa_backward(q, k, v, out, lse, stream_probs, grad_out, grad_lse, key_valid, prefix_len,
-                         sliding_window, softmax_scale)
+    """(dq, dk, dv), contiguous as the fake kernel says."""
+    grads = sdpa_backward(q, k, v, out, lse, stream_probs, grad_out, grad_lse, key_valid, prefix_len, sliding_window,
+                          softmax_scale)
+    return tuple(grad.contiguous() for grad in grads)
 
 
 @thought_attention_bwd.register_fake
