@@ -3,7 +3,8 @@
 Thought attention (forward and backward, with the LSE; "folded": query steps folded into heads under GQA in
 16-bit, held to the rule with FlashAttention's fixed 1e-3 atol, issue #28), mixed cross-entropy (forward and
 backward) and thought sampling with its log-prob, for each backend and dtype asked, on 2-3 shapes per op (GQA,
-padding, a = 12, m > 1, a window, odd sizes), each output against the fp64 reference under FlashAttention's rule (tests/tolerance.py).
+padding, a = 12, m > 1, a window, odd sizes), each output against the fp64 reference under FlashAttention's rule
+(tests/tolerance.py).
 One CSV row per (op, backend, dtype, shape, tensor) with the measured error and the bound, appended and flushed as
 each case finishes, so a run killed by its time limit still leaves what it did. Exit status 1 if any row fails.
 
