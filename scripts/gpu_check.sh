@@ -85,10 +85,13 @@ smoke() {
 
 extension() {
   # The CUDA kernels' smoke, then the extension's binding tests alone, serial and verbose under faulthandler: on the
-  # H200 (2026-11-30) its argument-validation tests crashed the process, and this names the crashing case.
+  # H200 (2026-11-30) its argument-validation tests crashed the process, and this names the crashing case; then the
+  # validation tests again under compute-sanitizer's memcheck, which names a bad access if that is the cause.
   local status=0
   $PY scripts/gpu_smoke.py --impls cuda --out "$WORK/smoke_cuda.csv" || status=1
   $PY -X faulthandler -m pytest -v -p no:cacheprovider -p no:xdist tests/test_cuda_extension.py || status=1
+  timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -X faulthandler -m pytest -v \
+    -p no:cacheprovider -p no:xdist tests/test_cuda_extension.py -k "validates or cpu_tensors" || status=1
   return $status
 }
 
