@@ -6,6 +6,9 @@ Ops
 Providers
   reference  full (N, V) logits, as the official code (F.cross_entropy / log_softmax, (N, V) Gumbel noise)
   torch      quietstar_fast impl="torch" (row-chunked PyTorch)
+  torch_gif  weighted_mixed_cross_entropy (mixed_ce only): the weighted sum of the losses with its gradients
+             computed in the forward's pass over the vocabulary (three GEMMs instead of four; its forward includes
+             them), for a loss that is the last op, as the talk loss of a Quiet-STaR step
   triton     quietstar_fast impl="triton" (CUDA only)
   cuda       quietstar_fast impl="cuda" (the CUDA C++ kernels; needs the built extension quietstar_fast._C)
   liger      Liger-Kernel's fused linear cross entropy (peer; mixed_ce only, CUDA, when liger-kernel is installed)
@@ -31,10 +34,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_utils  # noqa: E402
 
-from quietstar_fast import mixed_cross_entropy, sample_thought_tokens  # noqa: E402
+from quietstar_fast import mixed_cross_entropy, sample_thought_tokens, weighted_mixed_cross_entropy  # noqa: E402
 from quietstar_fast.loss.mixing import mix_hidden  # noqa: E402
 
-PROVIDERS = ("reference", "torch", "triton", "cuda", "liger", "cce")
+PROVIDERS = ("reference", "torch", "torch_gif", "triton", "cuda", "liger", "cce")
+MIXED_CE_ONLY = {"torch_gif", "liger", "cce"}
 CUDA_ONLY = {"triton", "cuda", "liger", "cce"}
 PEER_MODULES = {"liger": "liger_kernel", "cce": "cut_cross_entropy"}
 OPS = ("mixed_ce", "sample")
@@ -84,6 +88,13 @@ def _forward(op: str, impl: str, shape: Shape, device: torch.device):
 
         def run():
             return peer(mix_hidden(h_base, h_thought, mix_weight), weight, targets)
+    elif op == "mixed_ce" and impl == "torch_gif":
+        leaves = (h_base, h_thought, weight, mix_weight)
+        row_weights = torch.ones(shape.rows, device=device)
+
+        def run():
+            return weighted_mixed_cross_entropy(h_base, weight, targets, row_weights, h_thought=h_thought,
+                                                mix_weight=mix_weight)[0]
     elif op == "mixed_ce":
         leaves = (h_base, h_thought, weight, mix_weight)
 
@@ -125,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         for shape in shapes:
             config = ", ".join(f"{key}={value}" for key, value in asdict(shape).items())
             for provider in providers:
-                if op != "mixed_ce" and provider in PEER_MODULES:
-                    continue  # the peers compute cross-entropy only
+                if op != "mixed_ce" and provider in MIXED_CE_ONLY:
+                    continue  # the peers and torch_gif compute cross-entropy only
                 torch.manual_seed(0)
                 forward, leaves = _forward(op, provider, shape, device)
                 measured = bench_utils.measure_modes(

@@ -8,7 +8,7 @@ import importlib
 
 from .attention import thought_attention
 from .hf import apply_quietstar_kernels, revert_quietstar_kernels
-from .loss import mixed_cross_entropy, sample_thought_tokens
+from .loss import mixed_cross_entropy, sample_thought_tokens, weighted_mixed_cross_entropy
 from .mask import ThoughtMaskLayout, official_step_mask
 
 _NEEDING_TRANSFORMERS = {
@@ -41,5 +41,6 @@ __all__ = [
     "official_step_mask",
     "sample_thought_tokens",
     "thought_attention",
+    "weighted_mixed_cross_entropy",
 ]
 __version__ = "0.1.0"

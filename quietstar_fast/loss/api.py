@@ -13,7 +13,7 @@ from .checks import (
     check_targets,
     check_temperature,
 )
-from .function import TORCH, cuda_backend, linear_nll, triton_backend
+from .function import TORCH, cuda_backend, linear_nll, triton_backend, weighted_linear_nll
 from .mixing import mix_hidden
 from .reference import reference_cross_entropy, reference_sample
 
@@ -23,6 +23,21 @@ def loss_backend(impl: str, x: torch.Tensor):
     if impl == "reference":
         raise ValueError("the reference implementation has no fused backend")
     return {"triton": triton_backend, "cuda": cuda_backend}.get(impl, lambda: TORCH)()
+
+
+def _check_mixed_ce_arguments(h_base, lm_head_weight, targets, h_thought, mix_weight, ignore_index) -> None:
+    check_hidden_and_weight("h_base", h_base, lm_head_weight)
+    if (h_thought is None) != (mix_weight is None):
+        raise ValueError("h_thought and mix_weight must be given together (or neither, for the plain base CE)")
+    if h_thought is not None:
+        check_like_rows("h_thought", h_thought, h_base, "h_base", [tuple(h_base.shape)])
+        check_like_rows("mix_weight", mix_weight, h_base, "h_base", [(h_base.shape[0],), (h_base.shape[0], 1)])
+        for name, x in (("h_thought", h_thought), ("mix_weight", mix_weight)):
+            if x.dtype != h_base.dtype:
+                raise TypeError(f"{name} has dtype {x.dtype} but h_base has {h_base.dtype}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    check_targets(targets, h_base, lm_head_weight.shape[0], ignore_index)
 
 
 def mixed_cross_entropy(
@@ -52,18 +67,7 @@ def mixed_cross_entropy(
     Returns:
         loss (N,) fp32 (fp64 for fp64 inputs), differentiable in h_base, h_thought, mix_weight and lm_head_weight.
     """
-    check_hidden_and_weight("h_base", h_base, lm_head_weight)
-    if (h_thought is None) != (mix_weight is None):
-        raise ValueError("h_thought and mix_weight must be given together (or neither, for the plain base CE)")
-    if h_thought is not None:
-        check_like_rows("h_thought", h_thought, h_base, "h_base", [tuple(h_base.shape)])
-        check_like_rows("mix_weight", mix_weight, h_base, "h_base", [(h_base.shape[0],), (h_base.shape[0], 1)])
-        for name, x in (("h_thought", h_thought), ("mix_weight", mix_weight)):
-            if x.dtype != h_base.dtype:
-                raise TypeError(f"{name} has dtype {x.dtype} but h_base has {h_base.dtype}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-    check_targets(targets, h_base, lm_head_weight.shape[0], ignore_index)
+    _check_mixed_ce_arguments(h_base, lm_head_weight, targets, h_thought, mix_weight, ignore_index)
     impl = resolve_impl(impl, h_base)
     hidden = mix_hidden(h_base, h_thought, mix_weight)
     if impl == "reference":
@@ -73,6 +77,40 @@ def mixed_cross_entropy(
         loss, lse, _ = linear_nll(hidden, lm_head_weight, targets=targets.long(), ignore_index=ignore_index,
                                   backend=backend)
     return (loss, lse) if return_lse else loss
+
+
+def weighted_mixed_cross_entropy(
+    h_base: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    row_weights: torch.Tensor,
+    *,
+    h_thought: torch.Tensor | None = None,
+    mix_weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_i row_weights_i * CE_i of ``mixed_cross_entropy``, for a loss that is a fixed linear function of the
+    per-token losses and the last op before ``backward()`` (the talk loss of a Quiet-STaR step): the gradients are
+    computed in the forward, in the same pass over the vocabulary that computes the losses, so the backward does
+    not recompute the logits (three GEMMs instead of four) and only scales them by the upstream gradient.
+
+    Args:
+        h_base, lm_head_weight, targets, h_thought, mix_weight, ignore_index: as ``mixed_cross_entropy``.
+        row_weights: (N,) the fixed weight of each token's loss (ignored tokens count 0 whatever their weight); not
+            differentiated.
+
+    Returns:
+        (total, loss): total, a 0-dim tensor differentiable in h_base, h_thought, mix_weight and lm_head_weight;
+        loss (N,) the per-token CE (fp32, fp64 for fp64 inputs), not differentiable. The gradients live from the
+        forward until the backward: one (V, D) dW and one (N, D) dH per call, which is why this is for the last op.
+        Runs the row-chunked PyTorch path on every device (a fused GPU version is issue #25's).
+    """
+    _check_mixed_ce_arguments(h_base, lm_head_weight, targets, h_thought, mix_weight, ignore_index)
+    check_like_rows("row_weights", row_weights, h_base, "h_base", [(h_base.shape[0],)])
+    if not row_weights.dtype.is_floating_point:
+        raise TypeError(f"row_weights must be a floating-point tensor, got {row_weights.dtype}")
+    hidden = mix_hidden(h_base, h_thought, mix_weight)
+    return weighted_linear_nll(hidden, lm_head_weight, targets.long(), row_weights.detach(), ignore_index)
 
 
 def sample_thought_tokens(

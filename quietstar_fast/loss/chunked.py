@@ -59,12 +59,16 @@ def torch_forward(hidden, weight, targets, noise, generator, banned, inv_t, samp
     return lse, picked, tokens
 
 
-def torch_grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
-    """G (C, V) = coef * inv_t * (softmax(z * inv_t) - onehot(targets)) for z = hidden @ weight^T, in hidden's dtype;
-    the logits are formed exactly as ``torch_forward`` formed them."""
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, banned) -> torch.Tensor:
+    """z = hidden @ weight^T of a chunk of rows, in the statistics dtype, banned ids at BANNED_LOGIT."""
     z = (hidden @ weight.T).to(statistics_dtype(hidden.dtype))
     if banned is not None:
         z.masked_fill_(banned.bool(), BANNED_LOGIT)
+    return z
+
+
+def _grad_from_logits(z: torch.Tensor, lse, targets, coef, inv_t) -> torch.Tensor:
+    """coef * inv_t * (softmax(z * inv_t) - onehot(targets)), computed in place in z's buffer."""
     scale = (coef * inv_t).to(z.dtype)
     if inv_t != 1.0:
         z.mul_(inv_t)
@@ -73,7 +77,46 @@ def torch_grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
     # would wait for the device (nonzero) inside the training step.
     in_vocab = (targets >= 0) & (targets < z.shape[1])
     grad.scatter_add_(1, targets.clamp(0, z.shape[1] - 1)[:, None], -(scale * in_vocab)[:, None])
-    return grad.to(hidden.dtype)
+    return grad
+
+
+def torch_grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
+    """G (C, V) = coef * inv_t * (softmax(z * inv_t) - onehot(targets)) for z = hidden @ weight^T, in hidden's dtype;
+    the logits are formed exactly as ``torch_forward`` formed them."""
+    return _grad_from_logits(_logits(hidden, weight, banned), lse, targets, coef, inv_t).to(hidden.dtype)
+
+
+def _accumulate(grad, hidden_chunk, weight, rows: slice, grad_hidden, grad_weight):
+    """dH[rows] = G @ W and dW += G^T @ H[rows] (the first chunk allocates dW: zero-filling a (V, D) buffer costs a
+    pass over it); returns dW."""
+    if grad_hidden is not None:
+        grad_hidden[rows] = grad @ weight
+    if grad_weight is False:
+        return False
+    if grad_weight is None:
+        return grad.T @ hidden_chunk
+    return grad_weight.addmm_(grad.T, hidden_chunk)
+
+
+def chunked_loss_and_gradients(hidden, weight, targets, coef, need_hidden=True, need_weight=True):
+    """In one pass over the chunks of rows: (nll (N,), dH, dW) of the scalar sum_i coef_i * nll_i for
+    nll_i = lse(z_i) - z_i[target_i], z = hidden @ weight^T, ``coef`` fixed (N,) (0 for ignored rows). The
+    gradients come from the chunk's own logits, so there are three GEMMs instead of the four of a forward followed
+    by a recomputing backward; they are exact for a loss that is a fixed linear function of the NLLs."""
+    num_rows, vocab = hidden.shape[0], weight.shape[0]
+    nll = torch.empty(num_rows, dtype=statistics_dtype(hidden.dtype), device=hidden.device)
+    grad_hidden = torch.empty_like(hidden) if need_hidden else None
+    grad_weight = None if need_weight else False
+    for r0, r1 in row_chunks(num_rows, vocab, hidden.device):
+        z = _logits(hidden[r0:r1], weight, None)
+        lse = torch.logsumexp(z, dim=-1)
+        chosen = targets[r0:r1].clamp(0, vocab - 1)
+        nll[r0:r1] = lse - z.gather(1, chosen[:, None]).squeeze(1)
+        grad = _grad_from_logits(z, lse, targets[r0:r1], coef[r0:r1], 1.0).to(hidden.dtype)
+        grad_weight = _accumulate(grad, hidden[r0:r1], weight, slice(r0, r1), grad_hidden, grad_weight)
+    if grad_weight is None:  # no rows
+        grad_weight = torch.zeros_like(weight)
+    return nll, grad_hidden, grad_weight if need_weight else None
 
 
 def chunked_linear_backward(hidden, weight, lse, targets, coef, banned, inv_t, grad_logits, need_hidden=True,
@@ -81,17 +124,10 @@ def chunked_linear_backward(hidden, weight, lse, targets, coef, banned, inv_t, g
     """dH, dW of sum_i coef_i * (lse_i - inv_t * z_i[target_i]), one chunk of rows at a time; None for a gradient
     not needed (a frozen LM head skips its (V, D) GEMMs)."""
     grad_hidden = torch.empty_like(hidden) if need_hidden else None
-    grad_weight = None  # the first chunk's GEMM allocates it: zero-filling a (V, D) buffer costs a pass over it
+    grad_weight = None if need_weight else False
     for r0, r1 in row_chunks(hidden.shape[0], weight.shape[0], hidden.device):
         grad = grad_logits(hidden[r0:r1], weight, lse[r0:r1], targets[r0:r1], coef[r0:r1], banned, inv_t)
-        if need_hidden:
-            grad_hidden[r0:r1] = grad @ weight
-        if not need_weight:
-            continue
-        if grad_weight is None:
-            grad_weight = grad.T @ hidden[r0:r1]
-        else:
-            grad_weight.addmm_(grad.T, hidden[r0:r1])
-    if need_weight and grad_weight is None:  # no rows
+        grad_weight = _accumulate(grad, hidden[r0:r1], weight, slice(r0, r1), grad_hidden, grad_weight)
+    if grad_weight is None:  # no rows
         grad_weight = torch.zeros_like(weight)
-    return grad_hidden, grad_weight
+    return grad_hidden, grad_weight if need_weight else None

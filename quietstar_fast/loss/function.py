@@ -10,7 +10,8 @@ from typing import Callable
 
 import torch
 
-from .chunked import chunked_linear_backward, torch_forward, torch_grad_logits
+from .._platform import statistics_dtype
+from .chunked import chunked_linear_backward, chunked_loss_and_gradients, torch_forward, torch_grad_logits
 
 
 @dataclass(frozen=True)
@@ -93,3 +94,32 @@ def linear_nll(hidden, weight, *, targets=None, noise=None, generator=None, bann
     """(nll (N,), lse (N,), tokens (N,) or empty): see the module docstring."""
     return _LinearNLL.apply(hidden, weight, targets, noise, generator, banned, inv_t, sample_scale, ignore_index,
                             backend)
+
+
+class _WeightedLinearNLL(torch.autograd.Function):
+    """sum_i row_weights_i * nll_i with its gradients computed in the forward (one pass, three GEMMs); the backward
+    only scales them by the upstream gradient of the scalar."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, row_weights, ignore_index):
+        ignored = targets == ignore_index
+        coef = row_weights.to(statistics_dtype(hidden.dtype)).masked_fill(ignored, 0.0)
+        nll, grad_hidden, grad_weight = chunked_loss_and_gradients(hidden, weight, targets, coef,
+                                                                   *ctx.needs_input_grad[:2])
+        nll = nll.masked_fill(ignored, 0.0)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.mark_non_differentiable(nll)
+        return (coef * nll).sum(), nll
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_nll):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_total.to(grad_hidden.dtype if grad_hidden is not None else grad_weight.dtype)
+        return (None if grad_hidden is None else grad_hidden * scale,
+                None if grad_weight is None else grad_weight * scale, None, None, None)
+
+
+def weighted_linear_nll(hidden, weight, targets, row_weights, ignore_index):
+    """(sum_i row_weights_i * nll_i, nll (N,) not differentiable) for nll_i = CE(hidden_i @ weight^T, target_i),
+    0 for ignored rows."""
+    return _WeightedLinearNLL.apply(hidden, weight, targets, row_weights, ignore_index)
