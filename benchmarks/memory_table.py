@@ -54,7 +54,7 @@ def fits(total_bytes: int, gpu_gb: int) -> bool:
 
 def _merged_with_other_models(path: Path, rows: list[dict], models: set[str]) -> list[dict]:
     """The rows of this run plus, from an earlier CSV, those of models this run left out (each estimate takes
-    minutes on a CPU, so a run may cover one model)."""
+    up to a minute on a CPU, so a run may cover one model)."""
     if not path.exists():
         return rows
     with open(path, newline="") as handle:
