@@ -8,6 +8,7 @@ Providers
   fast-torch   the fast path with kernel_impl="torch" (the chunked PyTorch attention and LM-head ops)
   fast-triton  kernel_impl="triton" (GPU, or CPU under TRITON_INTERPRET=1)
   fast-cuda    kernel_impl="cuda" (GPU with the extension quietstar_fast._C)
+  fast-gif     fast with talk_grad_in_forward=True (the talk loss's gradients computed in its forward)
 
 Models (random weights from a config, except smollm2)
   tiny      Llama-shaped, hidden 256, 4 layers, vocab 8192, fp32
@@ -39,11 +40,12 @@ import bench_utils  # noqa: E402
 
 from quietstar_fast import QuietStar, add_thought_tokens, estimate_step_memory  # noqa: E402
 
-PROVIDERS = ("reference", "fast", "fast-ckpt", "fast-torch", "fast-triton", "fast-cuda")
-# provider -> (QuietStar impl, kernel_impl, activation_checkpointing)
-_PATHS = {"reference": ("reference", "auto", None), "fast": ("fast", "auto", None),
-          "fast-ckpt": ("fast", "auto", "layer"), "fast-torch": ("fast", "torch", None),
-          "fast-triton": ("fast", "triton", None), "fast-cuda": ("fast", "cuda", None)}
+PROVIDERS = ("reference", "fast", "fast-ckpt", "fast-torch", "fast-triton", "fast-cuda", "fast-gif")
+# provider -> (QuietStar impl, kernel_impl, activation_checkpointing, talk_grad_in_forward)
+_PATHS = {"reference": ("reference", "auto", None, False), "fast": ("fast", "auto", None, False),
+          "fast-ckpt": ("fast", "auto", "layer", False), "fast-torch": ("fast", "torch", None, False),
+          "fast-triton": ("fast", "triton", None, False), "fast-cuda": ("fast", "cuda", None, False),
+          "fast-gif": ("fast", "auto", None, True)}
 # name -> (transformers model_type, shape, dtype)
 RANDOM_MODELS = {
     "tiny": ("llama", dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
@@ -221,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         for seq_len, provider in ((seq_len, provider) for seq_len in seq_lens for provider in providers):
             config = (f"model={name}, batch={batch}, n={seq_len}, N={n_ahead}, T={n_talk}, P={args.n_passes}, "
                       f"optimizer={optimizer_name}")
-            impl, kernel_impl, checkpointing = _PATHS[provider]
+            impl, kernel_impl, checkpointing, grad_in_forward = _PATHS[provider]
             quiet = QuietStar(model, impl=impl, kernel_impl=kernel_impl, activation_checkpointing=checkpointing,
-                              **options, **ids).train()
+                              talk_grad_in_forward=grad_in_forward, **options, **ids).train()
             optimizer = None if optimizer_name == "none" else torch.optim.AdamW(quiet.parameters(), lr=1e-6)
             common = dict(kernel="quietstar_step", provider=provider, mode="fwd_bwd", x_name="n", x_value=seq_len,
                           config=config, device_name=device_name, library_version=version)

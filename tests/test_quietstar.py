@@ -248,6 +248,59 @@ def test_fast_matches_reference_in_float32(family):
                                                  _run_step(reference, torch.float32), torch.float32)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_talk_gradients_in_the_forward_give_the_same_step(family):
+    """talk_grad_in_forward: the same loss, every field and every gradient as the default fast step (fp64; both
+    paths sum the same terms in other orders), and the fp32 step follows FlashAttention's rule against the fp64
+    reference."""
+    _, fast = _tiny_pair(family, dtype=torch.float64)
+    default, default_grads = _run_step(fast, torch.float64)
+    fast.zero_grad(set_to_none=True)
+    fast.talk_grad_in_forward = True
+    got, got_grads = _run_step(fast, torch.float64)
+    for field in FIELDS:
+        torch.testing.assert_close(getattr(got, field), getattr(default, field), rtol=1e-12, atol=1e-12, msg=field)
+    for got_part, part in zip(got.talk_nll, default.talk_nll, strict=True):
+        torch.testing.assert_close(got_part, part, rtol=1e-12, atol=1e-12)
+    for name, grad in default_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+    reference, fast32 = _tiny_pair(family)
+    fast32.talk_grad_in_forward = True
+    assert_step_follows_the_flash_attention_rule(family, _run_step(fast32, torch.float32),
+                                                 _run_step(reference, torch.float32), torch.float32)
+
+
+def test_talk_gradients_in_the_forward_count_rows_as_the_official_non_zero_mean():
+    """A valid talk row whose NLL is exactly 0 is left out of the official non-zero mean's count; the term and its
+    gradients must follow that count, not the count of valid targets. Here row 2 of the first step has logit 800 for
+    its target and 0 for every other id, so its NLL underflows to exactly 0 in fp64."""
+    from quietstar_fast import mixed_cross_entropy
+    from quietstar_fast.quietstar.config import QuietStarConfig
+    from quietstar_fast.quietstar.fast import _talk_terms_with_gradients
+    from quietstar_fast.quietstar.objective import nonzero_mean
+
+    cfg = QuietStarConfig(n_ahead_talk=2, original_loss_weight=0.3)
+    weight = torch.randn(7, 5, dtype=torch.float64)
+    weight[:, 0] = (torch.arange(7) == 3).double()
+    mixed = [torch.randn(6, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)]
+    mixed[0][2] = torch.tensor([800.0, 0, 0, 0, 0], dtype=torch.float64)
+    targets = [torch.tensor([1, 4, 3, -100, 0, 6]), torch.tensor([2, -100, 5, 1])]
+    results = []
+    for formed_in_forward in (True, False):
+        leaves = [x.clone().requires_grad_(True) for x in (*mixed, weight)]
+        if formed_in_forward:
+            talk_nll, talk_loss = _talk_terms_with_gradients(cfg, leaves[:2], targets, leaves[2])
+        else:
+            talk_nll = [mixed_cross_entropy(h, leaves[2], t, impl="reference") for h, t in zip(leaves[:2], targets)]
+            talk_loss = (1 - cfg.original_loss_weight) * sum(nonzero_mean(nll) for nll in talk_nll) / 2
+        results.append((talk_loss, torch.autograd.grad(talk_loss, leaves), talk_nll))
+    (loss, grads, _), (official_loss, official_grads, official_nll) = results
+    assert float(official_nll[0][2].detach()) == 0.0 and int((official_nll[0] != 0).sum()) == 4  # 5 valid, 4 non-0
+    torch.testing.assert_close(loss, official_loss, rtol=1e-13, atol=0)
+    for got, want in zip(grads, official_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
 # The rule's small absolute term, relative to the exact value's norm: 1e-4 in fp32; bf16's unit roundoff in bf16.
 RULE_SLACK = {torch.float32: 1e-4, torch.bfloat16: 2.0 ** -8}
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import torch
 
+from .._platform import statistics_dtype
 from ..hf import ThoughtLayout, thought_call_kwargs
 from ..loss.api import loss_backend
 from ..loss.checks import banned_mask
-from ..loss.function import linear_nll
+from ..loss.function import linear_nll, weighted_linear_nll
 from ..loss.mixing import mix_hidden
 from .output import QuietStarOutput
 from .steps import base_for_talk_step, cache_kwarg, meta_embedding, teacher_forced_ids
@@ -90,11 +91,30 @@ def fast_forward(qs, cache, rows_info, gumbel_noise, generator, output_hidden_st
                                 mix_weight[:, :valid].reshape(-1)))
         targets.append(labels[:, k:].reshape(-1))
         lengths.append(rows * valid)
-    # All T talk NLLs in one fused call.
-    talk_flat = linear_nll(torch.cat(mixed), weight, targets=torch.cat(targets), ignore_index=-100,
-                           backend=backend)[0]
-    talk_nll = [part.view(rows, -1) for part in talk_flat.split(lengths)]
+    if qs.talk_grad_in_forward:
+        talk_nll, talk_loss = _talk_terms_with_gradients(cfg, mixed, targets, weight)
+        talk_nll = [nll.view(rows, -1) for nll in talk_nll]
+    else:  # all T talk NLLs in one fused call
+        talk_flat = linear_nll(torch.cat(mixed), weight, targets=torch.cat(targets), ignore_index=-100,
+                               backend=backend)[0]
+        talk_nll, talk_loss = [part.view(rows, -1) for part in talk_flat.split(lengths)], None
     base_nll_for_reward = [base_nll[:, k - 1:].detach() for k in range(1, n_talk + 1)]
 
     return QuietStarOutput.from_terms(cfg, base_nll, talk_nll, base_nll_for_reward, logprobs, talk_weights,
-                                      thought_tokens, hidden_states, output_hidden_states)
+                                      thought_tokens, hidden_states, output_hidden_states, talk_loss)
+
+
+def _talk_terms_with_gradients(cfg, mixed, targets, weight):
+    """(the talk NLLs, not differentiable; the objective's talk term): each talk step through
+    ``weighted_linear_nll``, whose gradients are computed in its forward. Its row weights are
+    (1 - original_loss_weight) / (T * valid rows) and its total is scaled by valid / non-zero rows afterwards, so
+    the term equals the official non-zero mean in value and gradient (a valid row whose NLL is exactly 0 counts as
+    the official code counts it), on the device. One call per step keeps that scale exact per step."""
+    scale = (1 - cfg.original_loss_weight) / cfg.n_ahead_talk
+    talk_nll, talk_loss = [], 0.0
+    for hidden, target in zip(mixed, targets):
+        valid = (target != -100).sum().to(statistics_dtype(hidden.dtype)).clamp_min(1)
+        total, nll = weighted_linear_nll(hidden, weight, target, (scale / valid).expand(target.shape), -100)
+        talk_nll.append(nll)
+        talk_loss = talk_loss + total * (valid / (nll != 0).sum())
+    return talk_nll, talk_loss

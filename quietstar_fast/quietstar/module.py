@@ -110,6 +110,10 @@ class QuietStar(nn.Module):
             its ``every_n_layers`` and ``offload``, in training mode as transformers applies it. Either way the KV
             cache keeps its thought-loop semantics and the numbers are those without checkpointing. Applies only
             when gradients are computed; the attribute can be switched.
+        talk_grad_in_forward: the fast path computes the talk loss's gradients in its forward
+            (``weighted_mixed_cross_entropy``: the talk loss is the last op before ``backward()``), one LM-head GEMM
+            fewer per talk step, with the same numbers; the price is one (V, D) dW per talk step held from the
+            forward to the backward. Off by default; the attribute can be switched.
         Other keyword arguments set ``QuietStarConfig`` fields (n_ahead=12, n_ahead_talk=4, n_passes=2, ...), kept as
             ``quietstar_config``; ``config`` is the base model's HF config.
 
@@ -129,6 +133,7 @@ class QuietStar(nn.Module):
         impl: str = "fast",
         kernel_impl: str = "auto",
         activation_checkpointing: str | None = None,
+        talk_grad_in_forward: bool = False,
         **options,
     ):
         super().__init__()
@@ -156,6 +161,7 @@ class QuietStar(nn.Module):
         self.impl = impl
         self.kernel_impl = kernel_impl
         self.activation_checkpointing = activation_checkpointing
+        self.talk_grad_in_forward = bool(talk_grad_in_forward)
         self.start_token_id, self.end_token_id, self.init_token_id = start_token_id, end_token_id, init_token_id
         if pad_token_id is None:
             pad_token_id = model.config.pad_token_id

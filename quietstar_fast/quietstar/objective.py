@@ -40,6 +40,7 @@ def quietstar_objective(
     talk_nll: list[torch.Tensor],
     base_nll_for_reward: list[torch.Tensor],
     action_logprobs: torch.Tensor,
+    talk_loss: torch.Tensor | None = None,
 ) -> Objective:
     """Combine the per-token terms.
 
@@ -48,11 +49,14 @@ def quietstar_objective(
         talk_nll: T tensors (B*P, n-k): CE of the mixed logits at talk step k.
         base_nll_for_reward: T tensors (B*P, n-k): CE of the step-0 logits at the same targets (detached).
         action_logprobs: (K, B*P, n) log-probs of the sampled thought tokens at the policy temperature.
+        talk_loss: the talk term (1 - original_loss_weight) * mean_k nonzero_mean(talk_nll[k]) already formed, with
+            its gradients computed in the forward (then ``talk_nll`` carries values only); None forms it here.
     """
     rows, seq_len = base_nll.shape[0], base_nll.shape[1] + 1
     window = reward_window(config, seq_len)
-    talk_mean = sum(nonzero_mean(nll) for nll in talk_nll) / config.n_ahead_talk
-    nll_loss = config.original_loss_weight * nonzero_mean(base_nll) + (1 - config.original_loss_weight) * talk_mean
+    if talk_loss is None:
+        talk_loss = (1 - config.original_loss_weight) * sum(nonzero_mean(nll) for nll in talk_nll) / config.n_ahead_talk
+    nll_loss = config.original_loss_weight * nonzero_mean(base_nll) + talk_loss
     with torch.no_grad():
         reward_raw = sum((base - talk)[:, :window] for base, talk in zip(base_nll_for_reward, talk_nll))
         passes = config.n_passes

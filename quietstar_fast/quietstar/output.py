@@ -36,11 +36,13 @@ class QuietStarOutput(ModelOutput):
 
     @classmethod
     def from_terms(cls, config: QuietStarConfig, base_nll, talk_nll, base_nll_for_reward, logprobs, talk_weights,
-                   thought_tokens, hidden_states, output_hidden_states: bool) -> "QuietStarOutput":
-        """Combine one call's per-step terms (lists over steps) into the objective and the output."""
+                   thought_tokens, hidden_states, output_hidden_states: bool,
+                   talk_loss: torch.Tensor | None = None) -> "QuietStarOutput":
+        """Combine one call's per-step terms (lists over steps) into the objective and the output; ``talk_loss``:
+        see ``quietstar_objective``."""
         rows, seq_len = base_nll.shape[0], base_nll.shape[1] + 1
         action_logprobs = torch.stack(logprobs) if logprobs else base_nll.new_zeros(0, rows, seq_len)
-        objective = quietstar_objective(config, base_nll, talk_nll, base_nll_for_reward, action_logprobs)
+        objective = quietstar_objective(config, base_nll, talk_nll, base_nll_for_reward, action_logprobs, talk_loss)
         empty_tokens = torch.zeros(0, rows, seq_len, dtype=torch.long, device=base_nll.device)
         return cls(
             loss=objective.loss, nll_loss=objective.nll_loss, policy_loss=objective.policy_loss, base_nll=base_nll,
