@@ -10,7 +10,9 @@ forward would have to live until then: one dW (V x D, 262 MB in bf16 at Mistral-
 about 4 GB per step. Recomputing costs one more logits GEMM per backward (the backward does three instead of two)
 and keeps nothing but the (N,) log-sum-exp. This is arithmetic, not yet a GPU measurement: bench_loss.py on a GPU
 gives the time side of the trade. dW accumulates in W's dtype (as Liger's fused linear CE does);
-on a GPU the chunks are large, so a 16-bit dW is rounded only a few times.
+on a GPU the chunks are large, so a 16-bit dW is rounded only a few times. For the one call whose loss is the last
+op (the talk loss), ``chunked_loss_and_gradients`` does compute the gradients in the forward, from the chunk's own
+logits (``weighted_mixed_cross_entropy``, ``QuietStar(talk_grad_in_forward=True)``).
 """
 from __future__ import annotations
 

@@ -112,8 +112,9 @@ class QuietStar(nn.Module):
             when gradients are computed; the attribute can be switched.
         talk_grad_in_forward: the fast path computes the talk loss's gradients in its forward
             (``weighted_mixed_cross_entropy``: the talk loss is the last op before ``backward()``), one LM-head GEMM
-            fewer per talk step, with the same numbers; the price is one (V, D) dW per talk step held from the
-            forward to the backward. Off by default; the attribute can be switched.
+            fewer per talk step, with the same numbers (the row-chunked PyTorch LM-head path, whatever kernel_impl);
+            the price is one (V, D) dW per talk step held from the forward to the backward. Off by default; the
+            attribute can be switched.
         Other keyword arguments set ``QuietStarConfig`` fields (n_ahead=12, n_ahead_talk=4, n_passes=2, ...), kept as
             ``quietstar_config``; ``config`` is the base model's HF config.
 
