@@ -93,12 +93,13 @@ def test_smoke_needs_the_interpreter_for_triton_on_cpu(monkeypatch, tmp_path):
 
 def test_step_benchmark_records_an_out_of_memory_provider(tmp_path, monkeypatch):
     """A path that does not fit is a result of the table (the official path at B=8 on an 80 GB card), not a crash."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_step
     import bench_utils
 
     monkeypatch.setattr(bench_utils, "measure", lambda *args: None)  # what it returns on torch.OutOfMemoryError
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", bench_utils._MMAP_THRESHOLD)  # else the benchmark re-executes pytest
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)  # the benchmark's one thread: not the suite's
     assert bench_step.main(["--models", "tiny", "--providers", "reference", "--out", str(tmp_path)]) == 0
     rows = list(csv.DictReader(open(tmp_path / "step_cpu.csv")))
     assert [(row["kernel_provider"], row["metric_name"], row["y_value_50"]) for row in rows] == [
