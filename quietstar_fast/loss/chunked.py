@@ -88,16 +88,29 @@ def torch_grad_logits(hidden, weight, lse, targets, coef, banned, inv_t):
     return _grad_from_logits(_logits(hidden, weight, banned), lse, targets, coef, inv_t).to(hidden.dtype)
 
 
-def _accumulate(grad, hidden_chunk, weight, rows: slice, grad_hidden, grad_weight):
-    """dH[rows] = G @ W and dW += G^T @ H[rows] (the first chunk allocates dW: zero-filling a (V, D) buffer costs a
-    pass over it); returns dW."""
-    if grad_hidden is not None:
-        grad_hidden[rows] = grad @ weight
-    if grad_weight is False:
-        return False
-    if grad_weight is None:
-        return grad.T @ hidden_chunk
-    return grad_weight.addmm_(grad.T, hidden_chunk)
+class _LinearGradients:
+    """dH and dW of the LM head, one chunk of rows at a time: dH[rows] = G @ W and dW += G^T @ H[rows]; None for a
+    gradient not needed (a frozen LM head skips its (V, D) GEMMs)."""
+
+    def __init__(self, hidden, weight, need_hidden: bool, need_weight: bool):
+        self.hidden, self.weight, self.need_weight = hidden, weight, need_weight
+        self.grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        self.grad_weight = None  # the first chunk's GEMM allocates it: zero-filling (V, D) costs a pass over it
+
+    def add(self, grad, r0: int, r1: int) -> None:
+        if self.grad_hidden is not None:
+            self.grad_hidden[r0:r1] = grad @ self.weight
+        if not self.need_weight:
+            return
+        if self.grad_weight is None:
+            self.grad_weight = grad.T @ self.hidden[r0:r1]
+        else:
+            self.grad_weight.addmm_(grad.T, self.hidden[r0:r1])
+
+    def result(self):
+        if self.need_weight and self.grad_weight is None:  # no rows
+            self.grad_weight = torch.zeros_like(self.weight)
+        return self.grad_hidden, self.grad_weight
 
 
 def chunked_loss_and_gradients(hidden, weight, targets, coef, need_hidden=True, need_weight=True):
@@ -107,29 +120,22 @@ def chunked_loss_and_gradients(hidden, weight, targets, coef, need_hidden=True, 
     by a recomputing backward; they are exact for a loss that is a fixed linear function of the NLLs."""
     num_rows, vocab = hidden.shape[0], weight.shape[0]
     nll = torch.empty(num_rows, dtype=statistics_dtype(hidden.dtype), device=hidden.device)
-    grad_hidden = torch.empty_like(hidden) if need_hidden else None
-    grad_weight = None if need_weight else False
+    gradients = _LinearGradients(hidden, weight, need_hidden, need_weight)
     for r0, r1 in row_chunks(num_rows, vocab, hidden.device):
         z = _logits(hidden[r0:r1], weight, None)
         lse = torch.logsumexp(z, dim=-1)
         chosen = targets[r0:r1].clamp(0, vocab - 1)
         nll[r0:r1] = lse - z.gather(1, chosen[:, None]).squeeze(1)
-        grad = _grad_from_logits(z, lse, targets[r0:r1], coef[r0:r1], 1.0).to(hidden.dtype)
-        grad_weight = _accumulate(grad, hidden[r0:r1], weight, slice(r0, r1), grad_hidden, grad_weight)
-    if grad_weight is None:  # no rows
-        grad_weight = torch.zeros_like(weight)
-    return nll, grad_hidden, grad_weight if need_weight else None
+        gradients.add(_grad_from_logits(z, lse, targets[r0:r1], coef[r0:r1], 1.0).to(hidden.dtype), r0, r1)
+    return (nll, *gradients.result())
 
 
 def chunked_linear_backward(hidden, weight, lse, targets, coef, banned, inv_t, grad_logits, need_hidden=True,
                             need_weight=True):
     """dH, dW of sum_i coef_i * (lse_i - inv_t * z_i[target_i]), one chunk of rows at a time; None for a gradient
     not needed (a frozen LM head skips its (V, D) GEMMs)."""
-    grad_hidden = torch.empty_like(hidden) if need_hidden else None
-    grad_weight = None if need_weight else False
+    gradients = _LinearGradients(hidden, weight, need_hidden, need_weight)
     for r0, r1 in row_chunks(hidden.shape[0], weight.shape[0], hidden.device):
-        grad = grad_logits(hidden[r0:r1], weight, lse[r0:r1], targets[r0:r1], coef[r0:r1], banned, inv_t)
-        grad_weight = _accumulate(grad, hidden[r0:r1], weight, slice(r0, r1), grad_hidden, grad_weight)
-    if grad_weight is None:  # no rows
-        grad_weight = torch.zeros_like(weight)
-    return grad_hidden, grad_weight if need_weight else None
+        gradients.add(grad_logits(hidden[r0:r1], weight, lse[r0:r1], targets[r0:r1], coef[r0:r1], banned, inv_t),
+                      r0, r1)
+    return gradients.result()
