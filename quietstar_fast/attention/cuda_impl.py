@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..cuda_checks import MAX_HEAD_DIM
 from ..cuda_ext import ops
 from .checks import AttentionCall, unit_stride_last
 
@@ -30,8 +31,8 @@ def cuda_thought_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CUDA kernels; shapes as ``thought_attention``. Returns (o, lse fp32)."""
-    if call.head_dim > 128:
-        raise ValueError(f"impl='cuda' supports head_dim <= 128, got {call.head_dim}")
+    if call.head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"impl='cuda' supports head_dim <= {MAX_HEAD_DIM}, got {call.head_dim}")
     layout = call.layout
     key_valid = None if layout.key_padding_mask is None else layout.key_padding_mask.to(torch.int8).contiguous()
     return _ThoughtAttentionCuda.apply(q, k, v, key_valid, layout.prefix_len, layout.sliding_window or 0,
