@@ -152,12 +152,13 @@ def longest_fitting(quiet: QuietStar, batch: int, device: torch.device, start: i
 
 
 def predicted_longest_n(model, batch: int, checkpointing, budget_gb: float, start: int, limit: int, options,
-                        device: torch.device) -> int:
+                        device: torch.device, optimizer: str) -> int:
     """The longest n (a multiple of 64, from ``start`` up to ``limit``) whose step, as ``estimate_step_memory``
-    predicts it, fits ``budget_gb``: the weights plus the step's peak (no optimizer state: this benchmark's step)."""
+    predicts it, fits ``budget_gb``: the weights, the optimizer state of this benchmark's step ("sgd": none) and the
+    step's peak."""
     def fits(n):
         memory = estimate_step_memory(model.config, batch, n, dtype=next(model.parameters()).dtype,
-                                      checkpointing=checkpointing, optimizer="sgd", device=device.type, **options)
+                                      checkpointing=checkpointing, optimizer=optimizer, device=device.type, **options)
         return memory.total <= budget_gb * 1e9
 
     if not fits(start):
@@ -204,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     n_ahead = args.n_ahead or preset.get("n_ahead") or (12 if on_gpu else 5)
     n_talk = args.n_ahead_talk or preset.get("n_ahead_talk") or (4 if on_gpu else 2)
     optimizer_name = args.optimizer or preset.get("optimizer", "none")
+    estimator_optimizer = "sgd" if optimizer_name == "none" else optimizer_name  # estimate_step_memory's name
     options = dict(n_ahead=n_ahead, n_ahead_talk=n_talk, n_passes=args.n_passes)
     if args.dry_run:
         dry_run([m for m in models if m in RANDOM_MODELS], batch, seq_lens, args.providers, options,
-                "sgd" if optimizer_name == "none" else optimizer_name, args.memory_budget_gb or 80.0)
+                estimator_optimizer, args.memory_budget_gb or 80.0)
         return 0
 
     device, providers, device_name, version = bench_utils.prepare(args, {"fast-triton", "fast-cuda"},
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 **common))
             if args.memory_budget_gb and impl == "fast":
                 predicted = predicted_longest_n(quiet.model, batch, checkpointing, args.memory_budget_gb, seq_len,
-                                                args.max_len or 16384, options, device)
+                                                args.max_len or 16384, options, device, estimator_optimizer)
                 budget_common = dict(common, config=f"{config}, budget={args.memory_budget_gb} GB")
                 rows.append(bench_utils.csv_row(metric="max_seq_len_predicted", unit="tokens",
                                                 values=(predicted,) * 3, **budget_common))
