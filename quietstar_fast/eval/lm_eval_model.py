@@ -16,6 +16,7 @@ that command with the "quietstar" model registered (same arguments). From Python
 from __future__ import annotations
 
 import sys
+import warnings
 
 import torch
 from lm_eval import utils
@@ -34,7 +35,10 @@ class QuietStarLM(TemplateLM):
 
     def __init__(self, pretrained: str | None = None, *, quiet=None, tokenizer=None, dtype: str = "float32",
                  device: str | None = None, batch_size: int | str = 8, max_length: int | str | None = None,
-                 kernel_impl: str = "auto", seed: int | str = 0, max_gen_toks: int | str = 256):
+                 kernel_impl: str = "auto", seed: int | str = 0, max_gen_toks: int | str = 256,
+                 max_batch_size: int | None = None):
+        """``batch_size`` (lm-eval's ``--batch_size``) is fixed: "auto" is refused; ``max_batch_size``, the ceiling of
+        lm-eval's automatic search, is accepted for its command line and unused."""
         super().__init__()
         if (pretrained is None) == (quiet is None):
             raise ValueError("give either pretrained=DIR or quiet= a QuietStar (with tokenizer=)")
@@ -48,22 +52,19 @@ class QuietStarLM(TemplateLM):
             quiet = QuietStar.from_pretrained(pretrained, kernel_impl=kernel_impl, dtype=DTYPES[dtype])
             tokenizer = AutoTokenizer.from_pretrained(pretrained)
             if device is not None:
-                quiet = quiet.to(device)
+                quiet = quiet.to(_available(device))
         if tokenizer is None:
             raise ValueError("tokenizer= is required with quiet=")
         self.quiet, self.tokenizer = quiet, tokenizer
-        self.batch_size = int(batch_size)
-        if self.batch_size < 1:
+        if not str(batch_size).isdigit() or int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = int(batch_size)
         positions = getattr(quiet.model.config, "max_position_embeddings", 2048)
-        # the thought steps run at positions up to i + N - 1
+        # a sequence of max_length + 1 tokens thinks at positions up to max_length + N - 1
         self.max_length = int(max_length) if max_length is not None else positions - quiet.quietstar_config.n_ahead
         self.max_gen_toks = int(max_gen_toks)
+        self._device = quiet.model.get_output_embeddings().weight.device  # lm-eval's LM.device reads it
         self.generator = torch.Generator(device=self._device).manual_seed(int(seed))
-
-    @property
-    def _device(self) -> torch.device:
-        return self.quiet.model.get_output_embeddings().weight.device
 
     @property
     def eot_token_id(self) -> int:
@@ -86,13 +87,14 @@ class QuietStarLM(TemplateLM):
 
     def _score(self, sequences: list[list[int]], continuation_lengths: list[int]) -> list[tuple[float, bool]]:
         """(sum of log p, all greedy) of the last ``continuation_lengths[k]`` tokens of each sequence, with
-        thoughts; sequences are cut from the left to ``max_length`` and scored in length-sorted batches."""
+        thoughts; as lm-eval's HF model, at most ``max_length`` tokens predict (the sequence keeps its last
+        ``max_length + 1``); scored in length-sorted batches."""
         weight = self.quiet.model.get_output_embeddings().weight
         results: list[tuple[float, bool] | None] = [None] * len(sequences)
-        order = sorted(range(len(sequences)), key=lambda k: -min(len(sequences[k]), self.max_length))
+        order = sorted(range(len(sequences)), key=lambda k: -min(len(sequences[k]), self.max_length + 1))
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
-            rows = [sequences[k][-self.max_length:] for k in batch]
+            rows = [sequences[k][-(self.max_length + 1):] for k in batch]
             width = max(3, max(len(row) for row in rows))  # the training call needs 3 columns
             ids = torch.full((len(rows), width), self._pad_id(), dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -150,6 +152,14 @@ class QuietStarLM(TemplateLM):
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             outputs.append(text)
         return outputs
+
+
+def _available(device: str) -> str:
+    """lm-eval passes ``--device cuda`` by default: without a GPU, run on the CPU as its HF model does."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn(f"device {device!r} requested but CUDA is not available: running on the CPU", stacklevel=3)
+        return "cpu"
+    return device
 
 
 def main() -> None:
