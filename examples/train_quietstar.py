@@ -48,6 +48,7 @@ class LoadedModel:
     end_id: int
     init_id: int  # the first token of "---" initialises the thought delimiters, as in the official code
     pad_id: int
+    tokenizer: object = None  # an HF model's tokenizer: Trainer checkpoints keep it (examples/evaluate.py reads it)
 
 
 def build_tiny_model(text: str, seed: int = 0) -> LoadedModel:
@@ -74,7 +75,7 @@ def load_hf_model(path: str, dtype: torch.dtype, gguf_file: str | None = None) -
                                                  attn_implementation="sdpa")
     ids = add_thought_tokens(model, tokenizer)
     return LoadedModel(model, lambda s: tokenizer.encode(s, add_special_tokens=False), ids.start, ids.end, ids.init,
-                       ids.pad)
+                       ids.pad, tokenizer)
 
 
 def smollm2_location() -> tuple[str, str]:
@@ -122,7 +123,8 @@ def collate_windows(examples: list[dict]) -> dict[str, torch.Tensor]:
             "labels": ids.clone()}
 
 
-def train_with_trainer(args: argparse.Namespace, quiet: QuietStar, tokens: list[int], pad_id: int) -> list[dict]:
+def train_with_trainer(args: argparse.Namespace, quiet: QuietStar, tokens: list[int], pad_id: int,
+                       tokenizer=None) -> list[dict]:
     """The run through ``QuietStarTrainer`` (AdamW, weight decay 1e-3, clip 1.0, constant learning rate, as the
     plain loop); ``torchrun`` makes it data-parallel. Returns the Trainer's per-step log."""
     from transformers import TrainingArguments
@@ -136,7 +138,8 @@ def train_with_trainer(args: argparse.Namespace, quiet: QuietStar, tokens: list[
         save_steps=args.save_every, seed=args.seed, use_cpu=args.device == "cpu",
         report_to=["tensorboard"] if tensorboard_available() else [])
     dataset = TextWindows(tokens, args.seq_len, pad_id, WINDOWS_PER_EPOCH * world, args.seed)
-    trainer = QuietStarTrainer(model=quiet, args=training_args, train_dataset=dataset, data_collator=collate_windows)
+    trainer = QuietStarTrainer(model=quiet, args=training_args, train_dataset=dataset, data_collator=collate_windows,
+                               processing_class=tokenizer)
     last_checkpoint = args.resume and any(Path(args.out).glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if last_checkpoint else None)
     return [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -174,7 +177,7 @@ def train(args: argparse.Namespace) -> list[dict]:
                       n_ahead=args.n_ahead, n_ahead_talk=args.n_ahead_talk, n_passes=args.n_passes).train()
     tokens = loaded.encode(text)
     if args.trainer:
-        return train_with_trainer(args, quiet, tokens, loaded.pad_id)
+        return train_with_trainer(args, quiet, tokens, loaded.pad_id, loaded.tokenizer)
     trainable = [p for p in quiet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=1e-3)
     step, history = 0, []

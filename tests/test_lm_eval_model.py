@@ -20,6 +20,7 @@ from mistral_like_tokenizer import build_tokenizer  # noqa: E402
 from test_official_eval import official_model  # noqa: E402
 
 from quietstar_fast.eval import logits_for, score_tokens  # noqa: E402
+from quietstar_fast.eval.positions import score_positions  # noqa: E402
 from quietstar_fast.eval.lm_eval_model import QuietStarLM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,32 +38,41 @@ def lm():
     return QuietStarLM(quiet=official_model(), tokenizer=build_tokenizer(), batch_size=2, seed=3)
 
 
-def test_loglikelihood_is_the_scored_continuation():
-    """A request's (log p(continuation | context), is_greedy) is read off ``score_tokens`` of context +
-    continuation: the mixed log-probs of the continuation's tokens, thoughts from the same seed."""
+@pytest.mark.parametrize("think_at", ["positions", "all"])
+def test_loglikelihood_is_the_scored_continuation(think_at):
+    """A request's (log p(continuation | context), is_greedy) is read off the mixed predictions at the
+    continuation's positions: ``score_positions`` (thinking there only) or ``score_tokens`` (everywhere), thoughts
+    from the same seed."""
     quiet, tokenizer = official_model(), build_tokenizer()
     pairs = [("Q: Where does a fish live?\nA:", " water"), ("Q: 2 + 3 =", " 5"), ("Hi", " there, friend")]
     for context, continuation in pairs:
-        lm = QuietStarLM(quiet=quiet, tokenizer=tokenizer, batch_size=1, seed=5)
+        lm = QuietStarLM(quiet=quiet, tokenizer=tokenizer, batch_size=1, seed=5, think_at=think_at)
         ((logprob, greedy),) = lm.loglikelihood([request("loglikelihood", context, continuation)])
         context_ids, continuation_ids = lm._encode_pair(context, continuation)
         ids = torch.tensor([context_ids + continuation_ids])
-        scores = score_tokens(quiet, ids, generator=torch.Generator().manual_seed(5))
-        count = len(continuation_ids)
-        logprobs = logits_for(scores.thought_hidden[0, -count - 1:-1], quiet.model.lm_head.weight).log_softmax(-1)
+        count, length = len(continuation_ids), ids.shape[1]
+        generator = torch.Generator().manual_seed(5)
+        if think_at == "positions":
+            columns = torch.arange(length - 1 - count, length - 1)
+            hidden = score_positions(quiet, ids, None, torch.zeros_like(columns), columns,
+                                     generator=generator).thought_hidden
+        else:
+            scores = score_tokens(quiet, ids, generator=generator)
+            hidden = scores.thought_hidden[0, -count - 1:-1]
+            # the talk NLL of the training call is the same number (a different code path)
+            torch.testing.assert_close(scores.thought_logprobs[0, -count:].sum(), torch.tensor(logprob),
+                                       rtol=1e-5, atol=1e-5)
+        logprobs = logits_for(hidden, quiet.model.lm_head.weight).log_softmax(-1)
         targets = torch.tensor(continuation_ids)
         assert logprob == float(logprobs.gather(1, targets[:, None]).sum())
         assert greedy == bool((logprobs.argmax(-1) == targets).all())
-        # the talk NLL of the training call is the same number (a different code path)
-        torch.testing.assert_close(scores.thought_logprobs[0, -count:].sum(), torch.tensor(logprob),
-                                   rtol=1e-5, atol=1e-5)
 
 
 def test_with_a_zero_mixing_head_it_is_the_base_model(lm):
     """w = 0: the thought-mixed log-likelihood equals the plain HF model's, request by request (rolling too)."""
     quiet = official_model()
     torch.nn.init.zeros_(quiet.talk_head[0][4].weight)
-    zero = QuietStarLM(quiet=quiet, tokenizer=lm.tokenizer, batch_size=2)
+    zero = QuietStarLM(quiet=quiet, tokenizer=lm.tokenizer, batch_size=2)  # "auto": thinks at the positions
     pairs = [("Q: Where does a fish live?\nA:", " water"), ("Hi", " there")]
     for (context, continuation), (logprob, greedy) in zip(
             pairs, zero.loglikelihood([request("loglikelihood", *pair) for pair in pairs])):
@@ -102,6 +112,10 @@ def test_bad_arguments_are_named():
         QuietStarLM(quiet=official_model())
     with pytest.raises(ValueError, match="batch_size"):
         QuietStarLM(quiet=official_model(), tokenizer=build_tokenizer(), batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        QuietStarLM(quiet=official_model(), tokenizer=build_tokenizer(), batch_size="auto")
+    with pytest.raises(ValueError, match="think_at"):
+        QuietStarLM(quiet=official_model(), tokenizer=build_tokenizer(), think_at="sometimes")
 
 
 TASKS_YAML = """\

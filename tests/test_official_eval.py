@@ -19,6 +19,7 @@ from quietstar_fast.eval import (  # noqa: E402
     AnswerTokens, answer_probabilities, evaluate_task, load_examples, logits_for, score_tokens, task_texts,
 )
 from quietstar_fast.eval.official import encode_eval_texts, scored_tokens  # noqa: E402
+from quietstar_fast.eval.positions import score_positions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = torch.load(ROOT / "tests" / "data" / "official_eval_fixture.pt", weights_only=True)
@@ -147,6 +148,40 @@ def test_scores_reproduce_the_official_eval_forward(task, impl, kernel_impl, tok
         spread = ((probabilities["fp32"] - probabilities["fp64"]).abs() / probabilities["fp64"]).max()
         rtol = spread_bound(float(spread), 1.0) + FP32_ULPS_PER_FACTOR * factors * torch.finfo(torch.float32).eps
         assert bool(((probabilities["ours"] - expected).abs() <= rtol * expected).all()), column
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_thinking_at_the_answer_positions_only_reproduces_the_official_eval_forward(task):
+    """score_positions (step 0 over the rows, then one thought per chosen position on a cropped cache) gives the
+    official logits at those positions: the fixture's windows of the last real positions, with its noise."""
+    case = FIXTURE[task]
+    rows_count, seq_len = case["input_ids"].shape
+    starts, width = case["window_start"], case["thought_logits_window"].shape[1]
+    rows = torch.arange(rows_count).repeat_interleave(width)
+    positions = (starts[:, None] + torch.arange(width)).reshape(-1)
+    noise = thought_noise(rows_count, seq_len)
+    models = {"ours": official_model(), "fp32": official_model("reference"),
+              "fp64": official_model("reference", dtype=torch.float64)}
+    ours = score_positions(models["ours"], case["input_ids"], case["attention_mask"], rows, positions,
+                           gumbel_noise=noise, max_thoughts_per_call=7)  # chunks that split rows
+    full = {name: scores_of(models[name], task) for name in ("fp32", "fp64")}
+    assert torch.equal(ours.thought_tokens, windowed(full["fp64"].thought_tokens, starts, width).flatten(0, 1))
+    for column, key in WINDOW_KEYS.items():
+        hidden = ours.thought_hidden if column == "with" else ours.base_hidden
+        logits = logits_for(hidden, models["ours"].model.lm_head.weight).view(rows_count, width, -1)
+        spread = {name: logits_for(windowed(s.thought_hidden if column == "with" else s.base_hidden, starts, width),
+                                   models[name].model.lm_head.weight) for name, s in full.items()}
+        bound = spread_bound(max_abs_error(spread["fp32"], spread["fp64"]), float(case[key].abs().max()))
+        assert max_abs_error(logits, case[key]) <= bound, column
+
+
+def test_positions_must_be_real_tokens():
+    quiet = official_model()
+    ids, mask = torch.randint(3, 300, (2, 6)), torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    with pytest.raises(ValueError, match="real token"):
+        score_positions(quiet, ids, mask, torch.tensor([1]), torch.tensor([5]))
+    with pytest.raises(ValueError, match="one shape"):
+        score_positions(quiet, ids, mask, torch.tensor([0, 1]), torch.tensor([1]))
 
 
 def test_evaluate_task_gives_the_official_table_numbers(tokenizer):

@@ -4,12 +4,14 @@ metric (the paper's table), chain-of-thought majority voting, and an lm-evaluati
 from .cot import CotResult, cot_majority_vote
 from .data import load_examples
 from .official import AnswerTokens, answer_probabilities, commonsense_qa_text, encode_eval_texts, gsm8k_text
+from .positions import PositionScores, score_positions
 from .scoring import TokenScores, logits_for, score_tokens
 from .tasks import TASKS, TaskResult, evaluate_task, task_texts
 
 __all__ = [
     "AnswerTokens",
     "CotResult",
+    "PositionScores",
     "TASKS",
     "TaskResult",
     "TokenScores",
@@ -21,6 +23,7 @@ __all__ = [
     "gsm8k_text",
     "load_examples",
     "logits_for",
+    "score_positions",
     "score_tokens",
     "task_texts",
 ]

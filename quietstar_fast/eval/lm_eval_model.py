@@ -23,8 +23,10 @@ from lm_eval import utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
+from .positions import score_positions
 from .scoring import logits_for, score_tokens
 
+THINK_AT = ("auto", "positions", "all")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -36,9 +38,12 @@ class QuietStarLM(TemplateLM):
     def __init__(self, pretrained: str | None = None, *, quiet=None, tokenizer=None, dtype: str = "float32",
                  device: str | None = None, batch_size: int | str = 8, max_length: int | str | None = None,
                  kernel_impl: str = "auto", seed: int | str = 0, max_gen_toks: int | str = 256,
-                 max_batch_size: int | None = None):
+                 max_batch_size: int | None = None, think_at: str = "auto"):
         """``batch_size`` (lm-eval's ``--batch_size``) is fixed: "auto" is refused; ``max_batch_size``, the ceiling of
-        lm-eval's automatic search, is accepted for its command line and unused."""
+        lm-eval's automatic search, is accepted for its command line and unused. ``think_at``: "positions" thinks
+        only where a continuation token is predicted (``score_positions``), "all" at every position of the batch
+        (``score_tokens``, the official eval forward), "auto" picks "positions" when they are at most a quarter of
+        the batch's tokens (multiple-choice answers after long contexts), else "all" (rolling perplexity)."""
         super().__init__()
         if (pretrained is None) == (quiet is None):
             raise ValueError("give either pretrained=DIR or quiet= a QuietStar (with tokenizer=)")
@@ -63,6 +68,9 @@ class QuietStarLM(TemplateLM):
         # a sequence of max_length + 1 tokens thinks at positions up to max_length + N - 1
         self.max_length = int(max_length) if max_length is not None else positions - quiet.quietstar_config.n_ahead
         self.max_gen_toks = int(max_gen_toks)
+        if think_at not in THINK_AT:
+            raise ValueError(f"think_at must be one of {THINK_AT}, got {think_at!r}")
+        self.think_at = think_at
         self._device = quiet.model.get_output_embeddings().weight.device  # lm-eval's LM.device reads it
         self.generator = torch.Generator(device=self._device).manual_seed(int(seed))
 
@@ -101,16 +109,29 @@ class QuietStarLM(TemplateLM):
             for row, tokens in enumerate(rows):
                 ids[row, :len(tokens)] = torch.tensor(tokens)
                 mask[row, :len(tokens)] = 1
-            scores = score_tokens(self.quiet, ids.to(self._device), mask.to(self._device), generator=self.generator)
-            for row, k in enumerate(batch):
+            counts = [min(continuation_lengths[k], len(rows[row]) - 1) for row, k in enumerate(batch)]
+            hidden = self._thought_hidden(ids, mask, [range(len(tokens) - 1 - count, len(tokens) - 1)
+                                                      for tokens, count in zip(rows, counts)])
+            for row, (k, predicted) in enumerate(zip(batch, hidden)):
+                logprobs = logits_for(predicted, weight).log_softmax(-1)
                 length = len(rows[row])
-                count = min(continuation_lengths[k], length - 1)
-                positions = torch.arange(length - 1 - count, length - 1, device=self._device)
-                logprobs = logits_for(scores.thought_hidden[row, positions], weight).log_softmax(-1)
-                targets = ids[row, positions.cpu() + 1].to(self._device)
+                targets = torch.tensor(rows[row][length - counts[row]:], device=self._device)
                 results[k] = (float(logprobs.gather(1, targets[:, None]).sum()),
                               bool((logprobs.argmax(-1) == targets).all()))
         return results
+
+    def _thought_hidden(self, ids: torch.Tensor, mask: torch.Tensor, positions: list[range]) -> list[torch.Tensor]:
+        """Per row, the mixed hidden states (k, D) at its ``positions`` (consecutive), thinking where ``think_at``
+        says."""
+        ids, mask = ids.to(self._device), mask.to(self._device)
+        chosen = sum(len(p) for p in positions)
+        if self.think_at == "positions" or (self.think_at == "auto" and 4 * chosen <= int(mask.sum())):
+            rows = torch.tensor([row for row, p in enumerate(positions) for _ in p], dtype=torch.long)
+            columns = torch.tensor([column for p in positions for column in p], dtype=torch.long)
+            scores = score_positions(self.quiet, ids, mask, rows, columns, generator=self.generator)
+            return list(scores.thought_hidden.split([len(p) for p in positions]))
+        scores = score_tokens(self.quiet, ids, mask, generator=self.generator)
+        return [scores.thought_hidden[row, p.start:p.stop] for row, p in enumerate(positions)]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         results = self._score([context + continuation for _, context, continuation in requests],

@@ -8,9 +8,10 @@ from typing import Sequence
 import torch
 
 from .official import (
-    MAX_LENGTH, AnswerTokens, answer_probabilities, commonsense_qa_text, encode_eval_texts, gsm8k_text,
+    MAX_LENGTH, AnswerTokens, answer_probabilities, commonsense_qa_text, encode_eval_texts, gsm8k_text, scored_tokens,
 )
-from .scoring import logits_for, score_tokens
+from .positions import score_positions
+from .scoring import logits_for
 
 TASKS = ("gsm8k", "commonsense_qa")
 
@@ -45,9 +46,11 @@ def evaluate_task(quiet, tokenizer, task: str, examples: Sequence[dict], *, batc
                   rng: random.Random | None = None) -> TaskResult:
     """Score ``examples`` as the official ``Trainer.evaluate`` + ``compute_metrics`` do, on ``quiet``'s device.
 
-    Each batch is cut to its longest question (the columns after it are padding, which no real position attends
-    to), so the numbers are those of the official max_length padding. ``generator`` draws the thoughts; ``rng`` the
-    official random window of a text longer than ``max_length``.
+    The official eval forward thinks at every position; only the answer positions' predictions enter the metric,
+    so the thoughts run there alone (``score_positions``: the same numbers). Each batch is cut to its longest
+    question (the columns after it are padding, which no real position attends to), so the numbers are those of the
+    official max_length padding. ``generator`` draws the thoughts; ``rng`` the official random window of a text
+    longer than ``max_length``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -58,14 +61,18 @@ def evaluate_task(quiet, tokenizer, task: str, examples: Sequence[dict], *, batc
     with_thoughts, without_thoughts = [], []
     for start in range(0, len(input_ids), batch_size):
         ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
-        width = max(int(mask.sum(dim=1).max()), 3)
+        width = int(mask.sum(dim=1).max())
         ids, mask = ids[:, :width], mask[:, :width]
-        scores = score_tokens(quiet, ids.to(device), mask.to(device), generator=generator)
+        pairs = [(row, factor.position) for row, row_ids in enumerate(ids.tolist())
+                 for factor in scored_tokens(tokenizer, row_ids, answer_tokens, restrict)]
+        index = {pair: k for k, pair in enumerate(pairs)}
+        rows, positions = (torch.tensor([pair[i] for pair in pairs], dtype=torch.long) for i in (0, 1))
+        scores = score_positions(quiet, ids.to(device), mask.to(device), rows, positions, generator=generator)
         for hidden, results in ((scores.thought_hidden, with_thoughts), (scores.base_hidden, without_thoughts)):
-            results.append(answer_probabilities(
-                tokenizer, ids, lambda row, positions, token_ids: logits_for(hidden[row, positions.to(device)],
-                                                                             weight, token_ids),
-                answer_tokens, restrict))
+            def logits_at(row, row_positions, token_ids, hidden=hidden):
+                picked = torch.tensor([index[(row, p)] for p in row_positions.tolist()], device=device)
+                return logits_for(hidden[picked], weight, token_ids)
+            results.append(answer_probabilities(tokenizer, ids, logits_at, answer_tokens, restrict))
     with_thoughts, without_thoughts = torch.cat(with_thoughts), torch.cat(without_thoughts)
     return TaskResult(task, float(with_thoughts.mean()), float(without_thoughts.mean()), with_thoughts,
                       without_thoughts)

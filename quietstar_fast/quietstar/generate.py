@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from ..loss.mixing import mix_hidden
-from .steps import cache_kwarg, meta_embedding, new_cache
+from .steps import cache_kwarg, new_cache
+from .thinking import think
 
 
 @dataclass
@@ -80,8 +81,6 @@ def generate(qs, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = 
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              eos_token_id: int | list[int] | None = None,
              generator: torch.Generator | None = None, streamer=None) -> GenerateOutput:
-    from ..loss import sample_thought_tokens
-
     real = check_generate_inputs(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p)
     cfg = qs.quietstar_config
     if eos_token_id is None:
@@ -97,7 +96,6 @@ def generate(qs, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = 
     decoder = qs.model.get_decoder()
     embed = qs.model.get_input_embeddings()
     weight = qs.model.get_output_embeddings().weight
-    meta = [qs.start_token_id, qs.end_token_id]
     cache, cache_name = new_cache(), cache_kwarg(decoder)
     batch, prompt_len = input_ids.shape
     pads = (~real).sum(dim=1, keepdim=True)  # (B, 1) left pads per row
@@ -119,18 +117,7 @@ def generate(qs, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = 
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):
         real_length = cache.get_seq_length()
-        inputs = meta_embedding(qs.start_embedding, cfg.embedding_scale, last_hidden[:, None])
-        thought = []
-        for offset in range(1, cfg.n_ahead):
-            hidden = step(inputs)
-            if offset <= cfg.num_thought_tokens:
-                token, _ = sample_thought_tokens(hidden, weight, generator=generator, banned_token_ids=meta,
-                                                 policy_temperature=cfg.reinforce_temperature,
-                                                 sample_temperature=cfg.sample_temperature)
-                thought.append(token)
-                inputs = embed(token[:, None])
-            elif offset == cfg.n_ahead - 2:
-                inputs = meta_embedding(qs.end_embedding, cfg.embedding_scale, inputs)
+        hidden, thought = think(qs, step, last_hidden, generator)
         mix_weight = qs.talk_head[0](torch.cat([last_hidden, hidden], dim=-1))
         logits = mixed_next_token_logits(qs, last_hidden, hidden, mix_weight, weight)
         next_token = next_token_from_logits(logits, do_sample, temperature, top_p, generator)
@@ -138,7 +125,7 @@ def generate(qs, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = 
             next_token = torch.where(finished, eos_ids[0], next_token)
         cache.crop(real_length - cache.get_seq_length())  # forget the thought (a negative count removes tokens)
         sequences = torch.cat([sequences, next_token[:, None]], dim=1)
-        thoughts.append(torch.stack(thought, dim=1) if thought else next_token.new_zeros(batch, 0))
+        thoughts.append(thought)
         if streamer is not None:
             streamer.put(next_token.cpu())
         if eos_ids is not None:
