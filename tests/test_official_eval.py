@@ -241,3 +241,19 @@ def test_the_original_commonsense_qa_format_loads(tmp_path):
                         '"choices": [{"label": "A", "text": "a"}, {"label": "B", "text": "b"}]}}\n')
     (example,) = load_examples("commonsense_qa", original)
     assert example == {"question": "Why?", "answerKey": "B", "choices": {"label": ["A", "B"], "text": ["a", "b"]}}
+
+
+def test_the_scoring_benchmark_measures_every_provider(tmp_path):
+    """benchmarks/bench_eval.py on a short run: a time and a memory row per provider."""
+    import csv
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_eval.py"), "--models", "tiny",
+                             "--batch", "1", "--seq-len", "16", "--n-ahead", "4", "--repeats", "1",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = list(csv.DictReader(open(tmp_path / "eval_cpu.csv")))
+    assert {(row["kernel_provider"], row["metric_name"]) for row in rows} == {
+        (provider, metric) for provider in ("reference", "fast", "fast-positions") for metric in ("time", "peak_memory")}
+    assert all(float(row["y_value_50"]) > 0 for row in rows if row["metric_name"] == "time")
