@@ -103,8 +103,8 @@ def test_numbers_with_an_attached_space_are_allowed():
     tokens, so a numeric answer is scored instead of skipped."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    pieces = ["<|endoftext|>"] + [chr(c) for c in range(33, 127)] + ["Ġ", "Ċ", "Ġ7", "Ġ72", "ĠA", "ĠB", "ĠC", "ĠD",
-                                                                     "ĠE", "72"]
+    pieces = (["<|endoftext|>"] + [chr(c) for c in range(33, 127)]
+              + ["Ġ", "Ċ", "Ġ7", "Ġ72", "ĠA", "ĠB", "ĠC", "ĠD", "ĠE", "72"])
     vocab = {piece: index for index, piece in enumerate(pieces)}
     merges = [("Ġ", "7"), ("Ġ7", "2"), ("7", "2")] + [("Ġ", letter) for letter in "ABCDE"]
     raw = Tokenizer(models.BPE(vocab=vocab, merges=merges))
@@ -254,6 +254,7 @@ def test_the_scoring_benchmark_measures_every_provider(tmp_path):
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = list(csv.DictReader(open(tmp_path / "eval_cpu.csv")))
+    providers, metrics = ("reference", "fast", "fast-positions"), ("time", "peak_memory")
     assert {(row["kernel_provider"], row["metric_name"]) for row in rows} == {
-        (provider, metric) for provider in ("reference", "fast", "fast-positions") for metric in ("time", "peak_memory")}
+        (provider, metric) for provider in providers for metric in metrics}
     assert all(float(row["y_value_50"]) > 0 for row in rows if row["metric_name"] == "time")

@@ -135,7 +135,8 @@ def scored_tokens(tokenizer, ids: Sequence[int], answer_tokens: AnswerTokens,
     allowed = answer_tokens.numbers if numeric else answer_tokens.letters
     marker_end = _marker_end(tokenizer, ids, pad)
     first = marker_end
-    if numeric and not any(c.isdigit() for c in tokenizer.decode([ids[marker_end + 1]])):
+    if numeric and marker_end + 1 < len(ids) and not any(character.isdigit()
+                                                          for character in tokenizer.decode([ids[marker_end + 1]])):
         first += 1
     factors = []
     for position in range(first, len(ids) - 1):

@@ -71,15 +71,16 @@ def score_positions(quiet, input_ids: torch.Tensor, attention_mask: torch.Tensor
     cache_name = cache_kwarg(decoder)
     with evaluation_settings(quiet):
         cache = new_cache()
-        base = decoder(input_ids=input_ids, attention_mask=mask, position_ids=torch.arange(seq_len, device=device)[None],
-                       use_cache=True, **{cache_name: cache}).last_hidden_state
+        columns = torch.arange(seq_len, device=device)[None]
+        base = decoder(input_ids=input_ids, attention_mask=mask, position_ids=columns, use_cache=True,
+                       **{cache_name: cache}).last_hidden_state
         thought_hidden, base_hidden, thoughts = [], [], []
         for start in range(0, rows.numel(), max_thoughts_per_call):
             chunk_rows, chunk_positions = rows[start:start + max_thoughts_per_call], positions[start:start +
                                                                                                max_thoughts_per_call]
             chunk_cache = _copy_rows(cache, chunk_rows)
             # keys after each chosen position are masked: its thought sees the prefix up to it and its own stream
-            prefix_mask = mask[chunk_rows] * (torch.arange(seq_len, device=device)[None] <= chunk_positions[:, None])
+            prefix_mask = mask[chunk_rows] * (columns <= chunk_positions[:, None])
 
             def step(inputs_embeds, chunk_cache=chunk_cache, prefix_mask=prefix_mask, chunk_positions=chunk_positions):
                 offset = chunk_cache.get_seq_length() - seq_len + 1

@@ -36,5 +36,6 @@ def think(qs, step: Callable[[torch.Tensor], torch.Tensor], last_hidden: torch.T
             inputs = embed(token[:, None])
         elif offset == cfg.n_ahead - 2:
             inputs = meta_embedding(qs.end_embedding, cfg.embedding_scale, inputs)
-    tokens = torch.stack(thought, dim=1) if thought else last_hidden.new_zeros(last_hidden.shape[0], 0, dtype=torch.long)
-    return hidden, tokens
+    if not thought:
+        return hidden, last_hidden.new_zeros(last_hidden.shape[0], 0, dtype=torch.long)
+    return hidden, torch.stack(thought, dim=1)
