@@ -258,3 +258,25 @@ def test_the_scoring_benchmark_measures_every_provider(tmp_path):
     assert {(row["kernel_provider"], row["metric_name"]) for row in rows} == {
         (provider, metric) for provider in providers for metric in metrics}
     assert all(float(row["y_value_50"]) > 0 for row in rows if row["metric_name"] == "time")
+
+
+def test_the_evaluate_example_prints_the_table(tmp_path):
+    """examples/evaluate.py on a saved QuietStar directory (with its tokenizer): both tasks, both columns, and the
+    CoT row; the JSON holds what the table shows."""
+    import json
+    import subprocess
+    import sys
+
+    directory = tmp_path / "model"
+    official_model().save_pretrained(directory)
+    build_tokenizer().save_pretrained(directory)
+    out = tmp_path / "results.json"
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "evaluate.py"), "--model", str(directory),
+                             "--limit", "2", "--cot", "--votes", "2", "--cot-tokens", "3", "--json", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())
+    assert [row["task"] for row in rows] == ["gsm8k", "commonsense_qa", "gsm8k CoT maj@2 (accuracy)"]
+    assert all(0 < row["with_thoughts"] < 1 and 0 < row["without_thoughts"] < 1 for row in rows[:2])
+    assert all(row["questions"] == 2 for row in rows)
+    assert "| gsm8k " in result.stdout and "| commonsense_qa " in result.stdout
