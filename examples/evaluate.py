@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def main() -> None:
         start = time.perf_counter()
         result = evaluate_task(quiet, tokenizer, task, examples, batch_size=args.batch_size,
                                generator=torch.Generator(device=args.device).manual_seed(args.seed))
-        results.append({**result.row(), "source": str(path or "hub"), "seconds": time.perf_counter() - start})
+        source = "hub" if path is None else os.path.relpath(path)
+        results.append({**result.row(), "source": source, "seconds": time.perf_counter() - start})
     if args.cot:
         examples = load_examples("gsm8k", None if args.hub and args.gsm8k is None else (args.gsm8k or
                                                                                        SAMPLES["gsm8k"]),
@@ -78,7 +80,7 @@ def main() -> None:
                         time.perf_counter() - start})
 
     print(f"\n| {'task':<26} | {'questions':>9} | {'without thoughts':>16} | {'with thoughts':>13} | {'s':>6} |")
-    print(f"|{'-' * 28}|{'-' * 11}:|{'-' * 17}:|{'-' * 14}:|{'-' * 7}:|")
+    print(f"|{'-' * 28}|{'-' * 10}:|{'-' * 17}:|{'-' * 14}:|{'-' * 7}:|")
     for row in results:
         without = "-" if row["without_thoughts"] is None else f"{row['without_thoughts']:.4f}"
         print(f"| {row['task']:<26} | {row['questions']:>9} | {without:>16} | {row['with_thoughts']:>13.4f} | "

@@ -73,6 +73,8 @@ def load_hf_model(path: str, dtype: torch.dtype, gguf_file: str | None = None) -
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=dtype,
                                                  attn_implementation="sdpa")
+    if gguf_file is not None:  # GGUF weights are de-quantized to `dtype` on loading; the leftover quantizer marking
+        model.hf_quantizer.remove_quantization_config(model)  # would make save_pretrained refuse the model
     ids = add_thought_tokens(model, tokenizer)
     return LoadedModel(model, lambda s: tokenizer.encode(s, add_special_tokens=False), ids.start, ids.end, ids.init,
                        ids.pad, tokenizer)

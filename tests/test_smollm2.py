@@ -73,3 +73,23 @@ def test_fast_matches_reference_on_smollm2(smollm2):
     for name, fast_grad in grads[1].items():
         error, bound = relative_error(fast_grad, grads[2][name]), spread_bound(spreads[name], 1.0)
         assert error <= bound, f"{name}: relative gradient error {error:.2e} > bound {bound:.2e}"
+
+
+def test_the_example_loader_gives_a_model_that_saves_and_reloads(tmp_path):
+    """examples/train_quietstar.py --smollm2: the GGUF weights are de-quantized on loading, so the QuietStar around
+    them saves (Trainer checkpoints) and reloads with the same weights; transformers' leftover GGUF quantizer marking
+    made save_pretrained refuse it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    import train_quietstar
+
+    directory, gguf_file = train_quietstar.smollm2_location()
+    loaded = train_quietstar.load_hf_model(directory, torch.float32, gguf_file)
+    quiet = QuietStar(loaded.model, start_token_id=loaded.start_id, end_token_id=loaded.end_id,
+                      init_token_id=loaded.init_id, pad_token_id=loaded.pad_id)
+    quiet.save_pretrained(tmp_path)
+    loaded.tokenizer.save_pretrained(tmp_path)
+    again = QuietStar.from_pretrained(tmp_path, dtype=torch.float32)
+    for (name, saved), reloaded in zip(quiet.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(saved, reloaded), name
