@@ -3,7 +3,7 @@
 # 5.17), so that CI proves the code on the versions a GPU check will run with, not only on the newer CPU pins:
 # the interpreted Triton kernels, the torch paths of both ops and the sdpa attention (its private aten ops pinned),
 # the Quiet-STaR step against the official test vector, and the ahead-of-time sm_90 compile (with its static rules)
-# of every Triton configuration by triton 3.6.
+# of every Triton configuration by triton 3.6, and the evaluation against the official code's numbers.
 # .ci/run calls it after the main test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ status=0
 .venv-device/bin/python -m pytest -q -p no:cacheprovider -k "not cuda" \
   tests/test_attention_backends.py tests/test_loss_backends.py tests/test_mask.py \
   tests/test_loss_official_vector.py tests/test_quietstar.py tests/test_model_families.py tests/test_aot_compile.py \
-  tests/test_sdpa_backend.py \
+  tests/test_sdpa_backend.py tests/test_official_eval.py tests/test_cot_eval.py \
   || status=$?
 [ "$status" -eq 5 ] && echo "error: pytest collected no tests" >&2
 exit "$status"
