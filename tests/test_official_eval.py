@@ -280,3 +280,14 @@ def test_the_evaluate_example_prints_the_table(tmp_path):
     assert all(0 < row["with_thoughts"] < 1 and 0 < row["without_thoughts"] < 1 for row in rows[:2])
     assert all(row["questions"] == 2 for row in rows)
     assert "| gsm8k " in result.stdout and "| commonsense_qa " in result.stdout
+
+
+def test_parquet_files_load_like_jsonl(tmp_path):
+    """The Hub's Parquet export of a dataset reads as its JSONL (pyarrow comes with lm-eval's datasets)."""
+    parquet = pytest.importorskip("pyarrow.parquet", reason="reading .parquet needs pyarrow")
+    import pyarrow
+
+    examples = load_examples("commonsense_qa", SAMPLES["commonsense_qa"])
+    path = tmp_path / "validation.parquet"
+    parquet.write_table(pyarrow.Table.from_pylist(examples), path)
+    assert load_examples("commonsense_qa", path) == examples
